@@ -1,0 +1,88 @@
+"""Tables and summaries for the terminal; no decisions here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+STATE_STYLE = {
+    "PENDING": "yellow", "ADMITTED": "cyan", "RUNNING": "blue", "SUCCEEDED": "green",
+    "FAILED": "red", "CANCELLED": "magenta", "PREEMPTED": "yellow",
+}
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def state_text(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+
+
+def progress_line(info: dict[str, Any]) -> str:
+    """``step 400/400, train loss 6.87 (step 1) -> 0.39, eval loss 0.38, 16,855 tokens/s``."""
+    return (f"step {info['step']}/{info['total_steps']}, train loss "
+            f"{_num(info['first_loss'], '.4f')} (step 1) -> {_num(info['loss'], '.4f')}, "
+            f"eval loss {_num(info['eval_loss'], '.4f')}, "
+            f"{_num(info['tokens_per_s'], ',.0f')} tokens/s")
+
+
+def queue_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Jobs", title_justify="left")
+    for header in ("ID", "NAME", "KIND", "STATE", "PRIO", "POOL", "PLAN", "STEP", "LOSS",
+                   "TOK/S", "WHY PENDING"):
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        step = "-" if row["step"] is None else f"{row['step']}/{row['total_steps'] or '?'}"
+        table.add_row(str(row["id"]), row["name"], row["kind"], state_text(row["state"]),
+                      str(row["priority"]), row["pool"] or "-", row["plan"] or "-", step,
+                      _num(row["loss"], ".4f"), _num(row["tokens_per_s"], ",.0f"),
+                      escape(row["pending_reason"] or ""))
+    return table
+
+
+def pools_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Pools", title_justify="left")
+    for header in ("NAME", "BACKEND", "ACCELERATOR", "NODES", "DEVICES/NODE", "FREE/TOTAL",
+                   "$/DEVICE-HOUR"):
+        table.add_column(header)
+    for row in rows:
+        table.add_row(row["name"], row["backend"], row["accelerator"], str(row["nodes"]),
+                      str(row["devices_per_node"]), f"{row['free']}/{row['devices']}",
+                      f"{row['price_per_device_hour']:.2f}")
+    return table
+
+
+def show_job(console: Console, info: dict[str, Any]) -> None:
+    console.print(f"[bold]Job {info['id']}[/] {escape(info['name'])} ({info['kind']}) "
+                  f"{state_text(info['state'])}")
+    if info["state"] == "PENDING":
+        why = escape(info["pending_reason"] or "not yet considered")
+        console.print(f"[bold]Why pending:[/] {why}")
+    console.print(f"Attempts: {info['attempts']} (max failures {info['max_attempts']})   "
+                  f"Pool: {info['pool'] or '-'}   Run folder: {info['run_dir'] or '-'}")
+    if info["step"] is not None:
+        console.print(f"Progress: {progress_line(info)}")
+    if info["plan"]:
+        console.print(f"[bold]Plan:[/] {info['plan']}")
+    if info["devices"]:
+        held = ", ".join(f"{node}:{devs}" for node, devs in info["devices"].items())
+        console.print(f"Devices held: {held}")
+    console.print("[bold]Spec:[/]")
+    console.print(yaml.safe_dump(info["spec"], sort_keys=False).rstrip(), markup=False,
+                  highlight=False)
+    events = Table(title="Events", title_justify="left")
+    for header in ("TIME", "MOVE", "REASON"):
+        events.add_column(header, overflow="fold")
+    for event in info["events"]:
+        move = f"{event['from'] or ''} → {event['to']}" if event["to"] else ""
+        events.add_row(event["time"][:19].replace("T", " "), move, escape(event["reason"]))
+    console.print(events)
+    if info["checkpoints"]:
+        ckpts = ", ".join(f"step {c['step']}{'' if c['exists'] else ' (deleted)'}"
+                          for c in info["checkpoints"])
+        console.print(f"Checkpoints: {ckpts}")

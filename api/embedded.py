@@ -1,0 +1,72 @@
+"""Embedded mode: the scheduler, a SQLite database and a local pool, all in this process.
+
+``corral run`` and friends use :func:`open_embedded`; nothing listens on the network.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from scheduler.db import repo
+from scheduler.db.migrate import current_revision, head_revision, upgrade
+from scheduler.db.session import Database, corral_home
+from scheduler.domain.errors import CorralError
+from scheduler.service import DEFAULT_GRACE_S, SchedulerService
+from workers.backends.base import Backend
+from workers.backends.local import LocalBackend
+
+LOCAL_POOL = "local"
+
+
+def local_devices(backend: LocalBackend) -> tuple[str, int]:
+    """Accelerator and device count of the local pool: this machine's GPUs, else its CPU rank
+    slots; ``$CORRAL_LOCAL_DEVICES`` overrides the count."""
+    inventory = backend.inventory()
+    accelerator, count = ("cuda", inventory.cuda_devices) if inventory.cuda_devices else (
+        "cpu", inventory.cpu_devices)
+    override = os.environ.get("CORRAL_LOCAL_DEVICES")
+    if override:
+        if not override.isdigit() or int(override) < 1:
+            raise CorralError(f"CORRAL_LOCAL_DEVICES must be a positive integer, got {override!r}")
+        count = int(override)
+    return accelerator, count
+
+
+def prepare_database(db: Database) -> None:
+    """Bring an embedded SQLite schema to head; require ``corral db upgrade`` elsewhere."""
+    head = head_revision()
+    if current_revision(db) == head:
+        return
+    if db.is_sqlite:
+        upgrade(db)
+        return
+    raise CorralError(
+        f"database schema is at {current_revision(db) or 'nothing'}, code expects {head}: "
+        f"run `corral db upgrade`"
+    )
+
+
+def ensure_local_pool(db: Database, backend: LocalBackend) -> None:
+    with db.write() as session:
+        if repo.get_pool(session, LOCAL_POOL) is None:
+            accelerator, count = local_devices(backend)
+            repo.add_pool(session, LOCAL_POOL, backend="local", accelerator=accelerator,
+                          nodes=1, devices_per_node=count,
+                          interconnect="loopback", node_names=[socket.gethostname()])
+
+
+def open_embedded(url: str | None = None, home: Path | None = None,
+                  grace_s: float = DEFAULT_GRACE_S,
+                  extra_backends: dict[str, Backend] | None = None) -> SchedulerService:
+    """A ready service over the embedded database with the local pool registered."""
+    home = home or corral_home()
+    home.mkdir(parents=True, exist_ok=True)
+    db = Database(url or os.environ.get("CORRAL_DATABASE_URL")
+                  or f"sqlite:///{home / 'corral.db'}")
+    prepare_database(db)
+    local = LocalBackend()
+    ensure_local_pool(db, local)
+    backends: dict[str, Backend] = {"local": local, **(extra_backends or {})}
+    return SchedulerService(db, backends, runs_dir=home / "runs", grace_s=grace_s)

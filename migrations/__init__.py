@@ -1,0 +1,1 @@
+"""Alembic migrations for Corral's database (run with ``corral db upgrade``)."""

@@ -1,0 +1,250 @@
+"""SQLAlchemy 2 typed models: the data model of DESIGN.md.
+
+Constraint names follow one naming convention so alembic migrations stay stable across SQLite
+and PostgreSQL. The rule that no device serves two live jobs is a partial unique index on
+``allocation(node_id, device_index) WHERE released_at IS NULL``: the database, not the
+scheduler's good intentions, makes double allocation impossible.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BigInteger ids on PostgreSQL, INTEGER PRIMARY KEY (the rowid alias) on SQLite.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Tenant(Base):
+    __tablename__ = "tenant"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (CheckConstraint("role IN ('admin', 'member')", name="role"),)
+
+
+class Queue(Base):
+    __tablename__ = "queue"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    priority_class: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_queue_tenant_name"),)
+
+
+class Quota(Base):
+    __tablename__ = "quota"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    cohort: Mapped[str | None] = mapped_column(String(128))
+    accelerator: Mapped[str] = mapped_column(String(64))
+    nominal: Mapped[int] = mapped_column(Integer)
+    borrowing_limit: Mapped[int | None] = mapped_column(Integer)
+    lending_limit: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint("nominal >= 0", name="nominal_non_negative"),
+        CheckConstraint("(tenant_id IS NULL) <> (cohort IS NULL)", name="tenant_or_cohort"),
+    )
+
+
+class Pool(Base):
+    __tablename__ = "pool"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    accelerator: Mapped[str] = mapped_column(String(64))
+    devices_per_node: Mapped[int] = mapped_column(Integer)
+    interconnect: Mapped[str] = mapped_column(String(64), default="")
+    price_per_device_hour: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    nodes: Mapped[list[Node]] = relationship(back_populates="pool", order_by="Node.id")
+
+    __table_args__ = (CheckConstraint("devices_per_node >= 1", name="devices_positive"),)
+
+
+class Node(Base):
+    __tablename__ = "node"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pool.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    devices: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="ready")
+    last_heartbeat: Mapped[datetime | None] = mapped_column(default=None)
+
+    pool: Mapped[Pool] = relationship(back_populates="nodes")
+
+    __table_args__ = (
+        CheckConstraint("devices >= 1", name="devices_positive"),
+        CheckConstraint("state IN ('ready', 'cordoned', 'draining', 'down')", name="state"),
+    )
+
+
+class Job(Base):
+    __tablename__ = "job"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id"))
+    queue: Mapped[str] = mapped_column(String(128), default="default")
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    plan: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pool.id"), default=None)
+    pending_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    predicted_step_time_s: Mapped[float | None] = mapped_column(Float, default=None)
+    predicted_run_time_s: Mapped[float | None] = mapped_column(Float, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    backend_handle: Mapped[str | None] = mapped_column(Text, default=None)
+    run_dir: Mapped[str | None] = mapped_column(Text, default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_step: Mapped[int | None] = mapped_column(Integer, default=None)
+    total_steps: Mapped[int | None] = mapped_column(Integer, default=None)
+    first_loss: Mapped[float | None] = mapped_column(Float, default=None)
+    last_loss: Mapped[float | None] = mapped_column(Float, default=None)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float, default=None)
+    step_time_s: Mapped[float | None] = mapped_column(Float, default=None)
+    eval_loss: Mapped[float | None] = mapped_column(Float, default=None)
+    submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    events: Mapped[list[JobEvent]] = relationship(order_by="JobEvent.id", viewonly=True)
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('PENDING', 'ADMITTED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', "
+            "'PREEMPTED')",
+            name="state",
+        ),
+        CheckConstraint("attempts >= 0 AND max_attempts >= 1", name="attempts"),
+        Index("ix_job_state_priority", "state", "priority", "id"),
+    )
+
+
+class Allocation(Base):
+    __tablename__ = "allocation"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("node.id"))
+    device_index: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    allocated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        CheckConstraint("device_index >= 0", name="device_index_non_negative"),
+        # One live allocation per device: released rows keep the history and do not count.
+        Index(
+            "uq_allocation_live_device",
+            "node_id",
+            "device_index",
+            unique=True,
+            sqlite_where=text("released_at IS NULL"),
+            postgresql_where=text("released_at IS NULL"),
+        ),
+    )
+
+
+class JobEvent(Base):
+    """Append-only history of a job: every state move and every notable fact."""
+
+    __tablename__ = "job_event"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    time: Mapped[datetime] = mapped_column(default=utcnow)
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoint"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("job_id", "step", name="uq_checkpoint_job_step"),)
+
+
+class Calibration(Base):
+    __tablename__ = "calibration"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    accelerator: Mapped[str] = mapped_column(String(64))
+    strategy: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    efficiency: Mapped[float] = mapped_column(Float)
+    observations: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("accelerator", "strategy", "kind", name="uq_calibration_key"),
+    )

@@ -1,0 +1,122 @@
+"""The parallelism plan the scheduler chooses and the trainer obeys.
+
+Degrees follow the torchtitan convention: ``dp_replicate × dp_shard × tp × pp = world size``.
+``dp_shard > 1`` means FSDP2 (``fully_shard``); ``shard_mode`` says whether parameters are
+re-sharded after forward (``full``, ZeRO-3-like) or kept gathered (``grad_op``, ZeRO-2-like).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from scheduler.domain.errors import PlanError
+
+
+class Strategy(StrEnum):
+    SINGLE = "single"
+    DDP = "ddp"
+    FSDP_FULL = "fsdp_full"
+    FSDP_GRAD_OP = "fsdp_grad_op"
+    TP = "tp"
+    PP = "pp"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How one job runs on its gang: parallel degrees, batch split and memory savers."""
+
+    strategy: Strategy
+    world_size: int
+    dp_replicate: int = 1
+    dp_shard: int = 1
+    tp: int = 1
+    pp: int = 1
+    micro_batch: int = 1
+    grad_accum: int = 1
+    activation_checkpointing: bool = False
+    precision: str = "fp32"
+    nodes: int = 1
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel degree: how many different micro-batches one step sees at once."""
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step over the whole gang."""
+        return self.micro_batch * self.grad_accum * self.dp
+
+    def validate(self, world_size: int | None = None) -> Plan:
+        """Raise :class:`PlanError` unless the degrees are positive and multiply to the world."""
+        world = self.world_size if world_size is None else world_size
+        for name in ("world_size", "dp_replicate", "dp_shard", "tp", "pp", "micro_batch",
+                     "grad_accum", "nodes"):
+            if getattr(self, name) < 1:
+                raise PlanError(f"plan.{name} must be >= 1, got {getattr(self, name)}")
+        product = self.dp_replicate * self.dp_shard * self.tp * self.pp
+        if product != world:
+            raise PlanError(
+                f"dp_replicate × dp_shard × tp × pp = {self.dp_replicate} × {self.dp_shard} × "
+                f"{self.tp} × {self.pp} = {product} ≠ world size {world}"
+            )
+        expected = {
+            Strategy.SINGLE: world == 1,
+            Strategy.DDP: self.dp_shard == 1 and self.tp == 1 and self.pp == 1,
+            Strategy.FSDP_FULL: self.dp_shard > 1,
+            Strategy.FSDP_GRAD_OP: self.dp_shard > 1,
+            Strategy.TP: self.tp > 1,
+            Strategy.PP: self.pp > 1,
+        }[self.strategy]
+        if not expected:
+            raise PlanError(
+                f"strategy {self.strategy.value} does not match degrees dp_replicate="
+                f"{self.dp_replicate} dp_shard={self.dp_shard} tp={self.tp} pp={self.pp}"
+            )
+        return self
+
+    @classmethod
+    def data_parallel(cls, world_size: int, global_batch: int, micro_batch: int | None = None,
+                      precision: str = "fp32") -> Plan:
+        """DDP over ``world_size`` ranks that realises ``global_batch`` sequences per step."""
+        if global_batch % world_size:
+            raise PlanError(
+                f"global batch {global_batch} is not divisible by {world_size} data-parallel "
+                f"ranks; use a global batch that is a multiple of {world_size}"
+            )
+        per_rank = global_batch // world_size
+        mb = micro_batch or per_rank
+        if per_rank % mb:
+            raise PlanError(
+                f"per-rank batch {per_rank} is not divisible by micro_batch {mb}"
+            )
+        strategy = Strategy.SINGLE if world_size == 1 else Strategy.DDP
+        return cls(strategy=strategy, world_size=world_size, dp_replicate=world_size,
+                   micro_batch=mb, grad_accum=per_rank // mb, precision=precision).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["strategy"] = self.strategy.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        fields = dict(data)
+        fields["strategy"] = Strategy(fields["strategy"])
+        return cls(**fields).validate()
+
+    def describe(self) -> str:
+        """One line for tables: ``ddp dp=2 mb=4 ga=2``."""
+        parts = [self.strategy.value, f"world={self.world_size}"]
+        for name, value in (("dp_rep", self.dp_replicate), ("dp_shard", self.dp_shard),
+                            ("tp", self.tp), ("pp", self.pp)):
+            if value > 1:
+                parts.append(f"{name}={value}")
+        parts.append(f"mb={self.micro_batch}")
+        if self.grad_accum > 1:
+            parts.append(f"ga={self.grad_accum}")
+        if self.activation_checkpointing:
+            parts.append("ckpt-act")
+        return " ".join(parts)

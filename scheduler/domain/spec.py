@@ -1,0 +1,269 @@
+"""The job spec a user writes in YAML, validated into typed objects.
+
+Every model forbids unknown fields. :func:`load_spec` turns YAML text into a :class:`JobSpec` or
+raises :class:`SpecError` whose message names the field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from scheduler.domain.errors import SpecError
+
+
+class JobKind(StrEnum):
+    PRETRAIN = "pretrain"
+    FINETUNE = "finetune"
+    COMPRESS = "compress"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """A transformers architecture built from a config (random init), or weights on disk."""
+
+    architecture: str | None = Field(
+        default=None, description="transformers model_type, e.g. 'llama' or 'gpt2'"
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="fields of the transformers config, e.g. hidden_size"
+    )
+    path: str | None = Field(default=None, description="directory of pretrained weights")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.architecture is None) == (self.path is None):
+            raise ValueError(
+                "give exactly one of model.architecture (build from a config) or model.path "
+                "(load weights from a directory)"
+            )
+        return self
+
+
+class TokenizerSpec(_Strict):
+    """``byte`` (256 symbols), ``bpe`` trained on the corpus, or a tokenizer directory."""
+
+    kind: Literal["byte", "bpe", "path"] = "bpe"
+    vocab_size: int = Field(default=2048, ge=260, le=262_144)
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _path_when_needed(self) -> TokenizerSpec:
+        if (self.kind == "path") != (self.path is not None):
+            raise ValueError("tokenizer.path is required with kind: path and only then")
+        return self
+
+
+class DataSpec(_Strict):
+    """Training text: a ``.txt`` or ``.jsonl`` file, or a corpus the project generates."""
+
+    source: Literal["file", "generated"] = "file"
+    path: str | None = None
+    text_field: str = "text"
+    seq_len: int = Field(default=128, ge=8, le=1_048_576)
+    eval_fraction: float = Field(default=0.05, ge=0.0, lt=0.5)
+    generated_documents: int = Field(default=4000, ge=10, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> DataSpec:
+        if self.source == "file" and not self.path:
+            raise ValueError("data.path is required with source: file")
+        if self.source == "generated" and self.path:
+            raise ValueError("data.path is only for source: file; remove it or use source: file")
+        return self
+
+
+class WorkSpec(_Strict):
+    """How much training: optimizer steps, or tokens (converted to steps)."""
+
+    steps: int | None = Field(default=None, ge=1)
+    tokens: int | None = Field(default=None, ge=1)
+    eval_batches: int = Field(default=8, ge=0)
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> WorkSpec:
+        if (self.steps is None) == (self.tokens is None):
+            raise ValueError("give exactly one of work.steps or work.tokens")
+        return self
+
+
+class BatchSpec(_Strict):
+    global_batch: int = Field(default=8, ge=1, description="sequences per optimizer step")
+    micro_batch: int | Literal["auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _fits(self) -> BatchSpec:
+        if isinstance(self.micro_batch, int):
+            if self.micro_batch < 1:
+                raise ValueError(f"batch.micro_batch must be >= 1, got {self.micro_batch}")
+            if self.micro_batch > self.global_batch:
+                raise ValueError(
+                    f"batch.micro_batch {self.micro_batch} exceeds batch.global_batch "
+                    f"{self.global_batch}"
+                )
+        return self
+
+
+class OptimizerSpec(_Strict):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(default=3e-4, gt=0, le=10)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(default=0, ge=0)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    grad_clip: float | None = Field(default=1.0, gt=0)
+
+
+class CheckpointSpec(_Strict):
+    interval_steps: int = Field(default=50, ge=1)
+    keep: int = Field(default=3, ge=1)
+
+
+class ResourceSpec(_Strict):
+    """Where and on how many devices: a pool or an accelerator type, a count or ``auto``."""
+
+    pool: str | None = None
+    accelerator: str | None = None
+    devices: int | Literal["auto"] = "auto"
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _positive(self) -> ResourceSpec:
+        if isinstance(self.devices, int) and self.devices < 1:
+            raise ValueError(
+                f"resources.devices must be a positive number of devices or 'auto', "
+                f"got {self.devices}"
+            )
+        return self
+
+
+class JobSpec(_Strict):
+    """A whole job: what to train, on what data, how much, and on which resources."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: JobKind
+    model: ModelSpec
+    tokenizer: TokenizerSpec = TokenizerSpec()
+    data: DataSpec
+    work: WorkSpec
+    batch: BatchSpec = BatchSpec()
+    optimizer: OptimizerSpec = OptimizerSpec()
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    resources: ResourceSpec = ResourceSpec()
+    seed: int = 0
+    tenant: str = "default"
+
+    def steps_for(self, tokens_per_step: int) -> int:
+        """Optimizer steps this job runs, given how many tokens one step consumes."""
+        if self.work.steps is not None:
+            return self.work.steps
+        assert self.work.tokens is not None
+        return max(1, -(-self.work.tokens // tokens_per_step))
+
+    def tokens_per_step(self) -> int:
+        return self.batch.global_batch * self.data.seq_len
+
+    def total_steps(self) -> int:
+        return self.steps_for(self.tokens_per_step())
+
+
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        value = item.get("input")
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown field; remove it or check its spelling")
+        elif item["type"] == "missing":
+            lines.append(f"{loc}: required field is missing")
+        else:
+            shown = repr(value) if not isinstance(value, dict) else "{...}"
+            lines.append(f"{loc}: {msg} (got {shown})")
+    return "invalid job spec:\n  " + "\n  ".join(lines)
+
+
+def parse_spec(data: Any, base_dir: Path | None = None) -> JobSpec:
+    """Validate a mapping into a :class:`JobSpec`; relative data paths resolve from ``base_dir``."""
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"a job spec must be a YAML mapping of fields (name, kind, model, ...), "
+            f"got {type(data).__name__}"
+        )
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_error(err)) from None
+    return resolve_paths(spec, base_dir) if base_dir is not None else spec
+
+
+def resolve_paths(spec: JobSpec, base_dir: Path) -> JobSpec:
+    """Make relative file paths in the spec absolute against ``base_dir`` (the YAML's folder)."""
+
+    def absolute(value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (base_dir / path).resolve())
+
+    updates: dict[str, Any] = {}
+    if spec.data.path:
+        updates["data"] = spec.data.model_copy(update={"path": absolute(spec.data.path)})
+    if spec.model.path:
+        updates["model"] = spec.model.model_copy(update={"path": absolute(spec.model.path)})
+    if spec.tokenizer.path:
+        updates["tokenizer"] = spec.tokenizer.model_copy(
+            update={"path": absolute(spec.tokenizer.path)}
+        )
+    return spec.model_copy(update=updates)
+
+
+def load_spec(text: str, base_dir: Path | None = None, source: str = "<spec>") -> JobSpec:
+    """Parse YAML text into a :class:`JobSpec`, with errors that point at the problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(f"{source}: malformed YAML{where}: {problem}") from None
+    try:
+        return parse_spec(data, base_dir)
+    except SpecError as err:
+        raise SpecError(f"{source}: {err}") from None
+
+
+def load_spec_file(path: str | Path) -> JobSpec:
+    """Read and validate a job YAML file; relative paths inside resolve from its folder."""
+    file = Path(path)
+    if not file.is_file():
+        raise SpecError(f"job file {file} does not exist")
+    return load_spec(file.read_text(), base_dir=file.resolve().parent, source=str(file))
+
+
+def check_files_exist(spec: JobSpec) -> None:
+    """Raise :class:`SpecError` for data, model or tokenizer paths that are not on disk."""
+    checks = [("data.path", spec.data.path, "file"), ("model.path", spec.model.path, "dir"),
+              ("tokenizer.path", spec.tokenizer.path, "dir")]
+    for field, value, kind in checks:
+        if value is None:
+            continue
+        path = Path(value)
+        ok = path.is_file() if kind == "file" else path.is_dir()
+        if not ok:
+            noun = "file" if kind == "file" else "directory"
+            raise SpecError(
+                f"{field}: {value} does not exist or is not a {noun}; fix the path "
+                f"(relative paths are resolved from the job file's folder)"
+            )

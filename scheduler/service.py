@@ -1,0 +1,406 @@
+"""The scheduler service: the only place that joins the database, the cycle and the backends.
+
+One :meth:`SchedulerService.tick` is:
+
+1. Reconcile: poll every gang that holds devices, ingest its progress, settle gangs that ended
+   (succeeded, failed → retry while attempts remain, preempted → requeue, cancelled).
+2. Snapshot the cluster in a read transaction.
+3. Run the pure cycle (:func:`scheduler.cycle.run_cycle`).
+4. Commit admissions in one write transaction: allocation rows, plan, ADMITTED + event. The
+   database's unique index on live devices refuses a device that another writer took.
+5. Dispatch: write each admitted job's job file and launch its gang; RUNNING + event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from scheduler.cycle import Admission, CycleResult, run_cycle
+from scheduler.db import repo
+from scheduler.db.models import Job, Pool, utcnow
+from scheduler.db.session import Database
+from scheduler.domain.errors import BackendError, CorralError
+from scheduler.domain.plan import Plan
+from scheduler.domain.resources import PendingJobView
+from scheduler.domain.spec import JobSpec, check_files_exist, parse_spec
+from scheduler.domain.state import LIVE_STATES, JobState
+from scheduler.policies.placement import check_schedulable
+from workers.backends.base import Backend, GangPhase, GangStatus
+from workers.protocol import JobFile, LaunchRequest, read_progress
+
+log = logging.getLogger("corral.service")
+
+UNLAUNCHED_TIMEOUT_S = 120.0
+"""Seconds an ADMITTED job may wait for its launch before another scheduler takes it back."""
+
+DEFAULT_GRACE_S = 30.0
+"""Seconds a gang gets between SIGTERM and SIGKILL to write its checkpoint."""
+
+
+@dataclass
+class TickReport:
+    admitted: list[int] = field(default_factory=list)
+    started: list[int] = field(default_factory=list)
+    ended: dict[int, str] = field(default_factory=dict)
+    pending: dict[int, str] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class SchedulerService:
+    """Submit, schedule, dispatch and reconcile jobs over one database and some backends."""
+
+    def __init__(self, db: Database, backends: Mapping[str, Backend], runs_dir: Path,
+                 grace_s: float = DEFAULT_GRACE_S,
+                 timer: Callable[[], float] = time.perf_counter) -> None:
+        self.db = db
+        self.backends = dict(backends)
+        self.runs_dir = runs_dir
+        self.grace_s = grace_s
+        self.timer = timer
+
+    # --- submit ---------------------------------------------------------------------------
+
+    def validate(self, spec: JobSpec) -> None:
+        """Reject a spec no pool can ever run, or whose files are missing; store nothing."""
+        check_files_exist(spec)
+        with self.db.read() as session:
+            pools = repo.load_pool_views(session)
+        view = PendingJobView.from_spec(0, spec)
+        check_schedulable(view, pools)
+
+    def submit(self, spec: JobSpec) -> int:
+        """Validate and store ``spec`` as a PENDING job; return its id."""
+        self.validate(spec)
+        with self.db.write() as session:
+            job = repo.create_job(session, spec)
+            job.run_dir = str(self.runs_dir / f"job-{job.id}")
+            return job.id
+
+    # --- the tick ---------------------------------------------------------------------------
+
+    def tick(self) -> TickReport:
+        """One pass of reconcile → snapshot → cycle → commit → dispatch (module docstring)."""
+        report = TickReport()
+        started = self.timer()
+        self._reconcile(report)
+        report.step_seconds["1_reconcile"] = self.timer() - started
+
+        mark = self.timer()
+        with self.db.read() as session:
+            snap = repo.snapshot(session)
+        report.step_seconds["2_snapshot"] = self.timer() - mark
+
+        mark = self.timer()
+        result = run_cycle(snap, timer=self.timer)
+        report.step_seconds["3_cycle"] = self.timer() - mark
+
+        mark = self.timer()
+        admitted = self._commit(result)
+        report.admitted = [a.job_id for a in admitted]
+        report.pending = result.pending_reasons
+        report.step_seconds["4_commit"] = self.timer() - mark
+
+        mark = self.timer()
+        for admission in admitted:
+            if self._dispatch(admission):
+                report.started.append(admission.job_id)
+        report.step_seconds["5_dispatch"] = self.timer() - mark
+        log.debug("tick %s", report.step_seconds)
+        return report
+
+    def _commit(self, result: CycleResult) -> list[Admission]:
+        admitted: list[Admission] = []
+        with self.db.write() as session:
+            for job_id, reason in result.pending_reasons.items():
+                job = repo.get_job(session, job_id)
+                if job.state == JobState.PENDING.value and job.pending_reason != reason:
+                    job.pending_reason = reason
+            for admission in result.admissions:
+                job = repo.get_job(session, admission.job_id, lock=True)
+                if job.state != JobState.PENDING.value:
+                    continue  # cancelled since the snapshot
+                try:
+                    with session.begin_nested():
+                        repo.allocate(session, job, admission.devices)
+                except IntegrityError:
+                    log.warning("job %s: devices taken by another writer; retry next tick",
+                                job.id)
+                    continue
+                job.plan = admission.plan.to_dict()
+                job.pool_id = admission.pool_id
+                job.pending_reason = None
+                repo.transition(session, job, JobState.ADMITTED,
+                                f"admitted on pool {admission.pool_name}: "
+                                f"{admission.plan.describe()}",
+                                {"pool": admission.pool_name, "plan": admission.plan.to_dict(),
+                                 "devices": [list(d) for d in admission.devices]})
+                admitted.append(admission)
+        return admitted
+
+    def _dispatch(self, admission: Admission) -> bool:
+        backend = self.backends.get(admission.backend)
+        with self.db.write() as session:
+            job = repo.get_job(session, admission.job_id, lock=True)
+            if job.state != JobState.ADMITTED.value:
+                return False
+            job.attempts += 1
+            run_dir = Path(job.run_dir or self.runs_dir / f"job-{job.id}")
+            checkpoint = self._resume_point(session, job)
+            job_file = JobFile(job_id=job.id, attempt=job.attempts, spec=job.spec,
+                               plan=admission.plan.to_dict(), run_dir=str(run_dir),
+                               resume_from=checkpoint)
+            held = repo.live_devices(session, job.id)
+            attempt = job.attempts
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs").mkdir(exist_ok=True)
+        job_path = run_dir / f"attempt-{attempt}.json"
+        job_file.write(job_path)
+        request = LaunchRequest(job_id=admission.job_id, attempt=attempt,
+                                world_size=admission.plan.world_size, job_file=str(job_path),
+                                log_path=str(run_dir / "logs" / f"attempt-{attempt}.log"),
+                                nodes=admission.plan.nodes, devices=held)
+        try:
+            if backend is None:
+                raise BackendError(f"no backend {admission.backend!r} is configured here")
+            handle = backend.launch(request)
+        except BackendError as err:
+            with self.db.write() as session:
+                job = repo.get_job(session, admission.job_id, lock=True)
+                repo.release(session, job)
+                repo.transition(session, job, JobState.FAILED, f"launch failed: {err}")
+                self._maybe_retry(session, job)
+            return False
+        with self.db.write() as session:
+            job = repo.get_job(session, admission.job_id, lock=True)
+            job.backend_handle = handle
+            resumed = f", resuming from {checkpoint}" if checkpoint else ""
+            repo.transition(session, job, JobState.RUNNING,
+                            f"attempt {attempt} started on {admission.backend}{resumed}",
+                            {"attempt": attempt, "resume_from": checkpoint,
+                             "log": request.log_path})
+        return True
+
+    @staticmethod
+    def _resume_point(session: Any, job: Job) -> str | None:
+        for checkpoint in reversed(repo.checkpoints(session, job.id)):
+            if Path(checkpoint.path).is_dir():
+                return checkpoint.path
+        return None
+
+    # --- reconcile --------------------------------------------------------------------------
+
+    def _reconcile(self, report: TickReport) -> None:
+        with self.db.read() as session:
+            live = [(job.id, job.backend_handle, job.pool_id)
+                    for job in repo.list_jobs(session, states=LIVE_STATES, limit=100_000)]
+            backend_of = {pool.id: pool.backend for pool in repo.list_pools(session)}
+        for job_id, handle, pool_id in live:
+            if handle is None:
+                self._expire_unlaunched(job_id)
+                continue
+            backend = self.backends.get(backend_of.get(pool_id or -1, ""))
+            if backend is None:
+                continue
+            status = backend.poll(handle)
+            self._ingest_progress(job_id)
+            if status.phase is not GangPhase.RUNNING:
+                outcome = self._settle(job_id, status)
+                if outcome:
+                    report.ended[job_id] = outcome
+
+    def _expire_unlaunched(self, job_id: int) -> None:
+        """An ADMITTED job whose dispatcher died before launching gives its devices back."""
+        with self.db.write() as session:
+            job = repo.get_job(session, job_id, lock=True)
+            if job.state != JobState.ADMITTED.value or job.backend_handle is not None:
+                return
+            admitted_at = repo.events(session, job_id)[-1].time
+            if admitted_at.tzinfo is None:  # SQLite returns naive datetimes
+                admitted_at = admitted_at.replace(tzinfo=UTC)
+            if (utcnow() - admitted_at).total_seconds() < UNLAUNCHED_TIMEOUT_S:
+                return  # its dispatcher is most likely launching it right now
+            repo.release(session, job)
+            repo.transition(session, job, JobState.FAILED,
+                            f"admitted but not launched within {UNLAUNCHED_TIMEOUT_S:.0f} s "
+                            f"(the scheduler that admitted it stopped)")
+            self._maybe_retry(session, job)
+
+    def _ingest_progress(self, job_id: int) -> None:
+        with self.db.write() as session:
+            job = repo.get_job(session, job_id, lock=True)
+            if job.run_dir is None:
+                return
+            events, offset = read_progress(Path(job.run_dir) / "progress.jsonl",
+                                           job.progress_offset)
+            job.progress_offset = offset
+            for event in events:
+                apply_progress(session, job, event)
+
+    def _settle(self, job_id: int, status: GangStatus) -> str | None:
+        with self.db.write() as session:
+            job = repo.get_job(session, job_id, lock=True)
+            if JobState(job.state) not in LIVE_STATES:
+                return None
+            repo.release(session, job)
+            detail = {"exit_code": status.exit_code, "attempt": job.attempts}
+            if job.cancel_requested or status.phase is GangPhase.CANCELLED:
+                repo.transition(session, job, JobState.CANCELLED,
+                                "cancelled by request", detail)
+            elif status.phase is GangPhase.SUCCEEDED:
+                repo.transition(session, job, JobState.SUCCEEDED, "all ranks exited 0", detail)
+            elif status.phase is GangPhase.PREEMPTED:
+                repo.transition(session, job, JobState.PREEMPTED,
+                                "ranks checkpointed and stopped on SIGTERM", detail)
+                repo.transition(session, job, JobState.PENDING,
+                                "requeued after preemption; resumes from its checkpoint")
+            else:
+                repo.transition(session, job, JobState.FAILED,
+                                status.reason or f"gang failed (exit {status.exit_code})", detail)
+                self._maybe_retry(session, job)
+            return job.state
+
+    def _maybe_retry(self, session: Any, job: Job) -> None:
+        failures = repo.failure_count(session, job.id)
+        if failures < job.max_attempts:
+            checkpoint = self._resume_point(session, job)
+            where = f"from checkpoint {checkpoint}" if checkpoint else "from the start"
+            repo.transition(session, job, JobState.PENDING,
+                            f"retry after failure {failures} of {job.max_attempts} allowed; "
+                            f"resumes {where}")
+        else:
+            repo.note(session, job, f"gave up after {failures} failures "
+                                    f"(resources.max_attempts = {job.max_attempts})")
+
+    # --- cancel -----------------------------------------------------------------------------
+
+    def cancel(self, job_id: int, reason: str = "cancelled by user") -> str:
+        """Cancel a job: at once if it holds no devices, else SIGTERM its gang and settle it."""
+        with self.db.write() as session:
+            job = repo.get_job(session, job_id, lock=True)
+            state = JobState(job.state)
+            if state in (JobState.PENDING, JobState.PREEMPTED):
+                repo.transition(session, job, JobState.CANCELLED, reason)
+                return job.state
+            if state not in LIVE_STATES:
+                return job.state
+            job.cancel_requested = True
+            repo.note(session, job, f"cancel requested: {reason}")
+            handle, pool_id = job.backend_handle, job.pool_id
+            if handle is None:
+                repo.release(session, job)
+                repo.transition(session, job, JobState.CANCELLED, reason)
+                return job.state
+            pool = session.get(Pool, pool_id) if pool_id else None
+            backend = self.backends.get(pool.backend) if pool else None
+        if backend is not None:
+            backend.cancel(handle, self.grace_s)
+            status = backend.poll(handle)
+            self._ingest_progress(job_id)
+            if status.phase is not GangPhase.RUNNING:
+                self._settle(job_id, GangStatus(GangPhase.CANCELLED, status.exit_code,
+                                                status.reason))
+        with self.db.read() as session:
+            return repo.get_job(session, job_id).state
+
+    # --- read side (JSON-able answers, the same shapes the REST API will serve) --------------
+
+    def queue(self, include_finished: bool = False, limit: int = 200) -> list[dict[str, Any]]:
+        states = None if include_finished else [
+            JobState.PENDING, JobState.ADMITTED, JobState.RUNNING, JobState.PREEMPTED]
+        with self.db.read() as session:
+            pools = {pool.id: pool.name for pool in repo.list_pools(session)}
+            return [job_summary(job, pools.get(job.pool_id or -1))
+                    for job in repo.list_jobs(session, states=states, limit=limit)]
+
+    def describe(self, job_id: int) -> dict[str, Any]:
+        """Everything about one job: spec, plan, progress, events, checkpoints, why pending."""
+        with self.db.read() as session:
+            job = repo.get_job(session, job_id)
+            pool = session.get(Pool, job.pool_id) if job.pool_id else None
+            info = job_summary(job, pool.name if pool else None)
+            info.update(
+                spec=job.spec, plan_detail=job.plan, run_dir=job.run_dir,
+                max_attempts=job.max_attempts, pending_reason=job.pending_reason,
+                eval_loss=job.eval_loss,
+                devices=repo.live_devices(session, job.id),
+                events=[{"time": e.time.isoformat(), "from": e.from_state, "to": e.to_state,
+                         "reason": e.reason, "detail": e.detail}
+                        for e in repo.events(session, job.id)],
+                checkpoints=[{"step": c.step, "path": c.path,
+                              "exists": Path(c.path).is_dir()}
+                             for c in repo.checkpoints(session, job.id)],
+            )
+            return info
+
+    def pools(self) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            views = repo.load_pool_views(session)
+        return [{"name": p.name, "backend": p.backend, "accelerator": p.accelerator,
+                 "nodes": len(p.nodes), "devices_per_node": p.devices_per_node,
+                 "devices": p.total_devices, "free": p.free_devices,
+                 "price_per_device_hour": p.price_per_device_hour} for p in views]
+
+    def log_path(self, job_id: int, attempt: int | None = None) -> Path | None:
+        """The log of ``attempt`` (default: the latest) of a job, if it has started."""
+        with self.db.read() as session:
+            job = repo.get_job(session, job_id)
+            chosen = attempt or job.attempts
+            if not job.run_dir or chosen < 1:
+                return None
+            return Path(job.run_dir) / "logs" / f"attempt-{chosen}.log"
+
+    def job_state(self, job_id: int) -> JobState:
+        with self.db.read() as session:
+            return JobState(repo.get_job(session, job_id).state)
+
+
+def job_summary(job: Job, pool_name: str | None) -> dict[str, Any]:
+    return {
+        "id": job.id, "name": job.name, "kind": job.kind, "state": job.state,
+        "priority": job.priority, "pool": pool_name,
+        "plan": Plan.from_dict(job.plan).describe() if job.plan else None,
+        "attempts": job.attempts, "step": job.last_step, "total_steps": job.total_steps,
+        "first_loss": job.first_loss, "loss": job.last_loss, "tokens_per_s": job.tokens_per_s,
+        "submitted_at": job.submitted_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "pending_reason": job.pending_reason,
+    }
+
+
+def apply_progress(session: Any, job: Job, event: dict[str, Any]) -> None:
+    """Fold one progress event from rank 0 into the job row, its events and checkpoints."""
+    kind = event.get("event")
+    if kind == "step":
+        if job.first_loss is None:
+            job.first_loss = event.get("loss")
+        job.last_step = event.get("step")
+        job.last_loss = event.get("loss")
+        job.tokens_per_s = event.get("tokens_per_s")
+        job.step_time_s = event.get("step_time_s")
+    elif kind == "start":
+        job.total_steps = event.get("total_steps", job.total_steps)
+        repo.note(session, job, f"attempt {event.get('attempt')}: ranks started at step "
+                                f"{event.get('step')} of {job.total_steps}")
+    elif kind in ("checkpoint", "preempted") and event.get("path"):
+        repo.add_checkpoint(session, job, int(event["step"]), str(event["path"]),
+                            {"loss": job.last_loss})
+        if kind == "preempted":
+            repo.note(session, job, f"checkpointed at step {event['step']} on SIGTERM")
+    elif kind == "eval":
+        job.eval_loss = event.get("eval_loss")
+    elif kind == "done":
+        job.eval_loss = event.get("eval_loss", job.eval_loss)
+        repo.note(session, job, "training finished",
+                  {k: v for k, v in event.items() if k != "event"})
+
+
+__all__ = ["CorralError", "Plan", "SchedulerService", "TickReport", "parse_spec"]

@@ -1,0 +1,73 @@
+"""Plans are checked against the real gang before anything is built; unready work says so."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scheduler.domain.errors import PlanError
+from scheduler.domain.plan import Plan, Strategy
+from scheduler.domain.spec import JobKind, OptimizerSpec
+from workers.core.optim import MIN_LR_RATIO, lr_multiplier
+from workers.core.parallelize import StrategyNotImplementedError, check_plan
+from workers.jobs.pretrain import run_pretrain
+from workers.jobs.run import JobKindNotImplementedError, main, runner_for
+
+
+def test_a_ddp_plan_for_the_launched_world_gives_its_data_parallel_layout() -> None:
+    dims = check_plan(Plan.data_parallel(world_size=4, global_batch=16), world_size=4)
+    assert (dims.strategy, dims.dp) == (Strategy.DDP, 4)
+    assert [dims.dp_rank(rank) for rank in range(4)] == [0, 1, 2, 3]
+
+
+def test_a_plan_for_another_world_size_is_refused_before_building() -> None:
+    with pytest.raises(PlanError, match=r"plan.world_size 4 ≠ WORLD_SIZE 2"):
+        check_plan(Plan.data_parallel(world_size=4, global_batch=16), world_size=2)
+
+
+def test_degrees_that_do_not_multiply_to_the_world_show_the_equation() -> None:
+    plan = Plan(strategy=Strategy.DDP, world_size=4, dp_replicate=2)
+    with pytest.raises(PlanError, match=r"2 × 1 × 1 × 1 = 2 ≠ world size 4"):
+        check_plan(plan, world_size=4)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        Plan(strategy=Strategy.FSDP_FULL, world_size=4, dp_shard=4),
+        Plan(strategy=Strategy.TP, world_size=2, tp=2),
+    ],
+    ids=["fsdp", "tp"],
+)
+def test_strategies_not_implemented_yet_say_so_and_list_the_ready_ones(plan: Plan) -> None:
+    with pytest.raises(StrategyNotImplementedError, match=r"implemented: single, ddp"):
+        check_plan(plan, world_size=plan.world_size)
+
+
+def test_fp16_is_refused_with_the_alternative() -> None:
+    plan = Plan.data_parallel(world_size=2, global_batch=4, precision="fp16")
+    with pytest.raises(PlanError, match="use bf16"):
+        check_plan(plan, world_size=2)
+
+
+def test_only_pretrain_runs_today() -> None:
+    assert runner_for(JobKind.PRETRAIN) is run_pretrain
+    for kind in (JobKind.FINETUNE, JobKind.COMPRESS):
+        with pytest.raises(JobKindNotImplementedError, match=f"job kind {kind.value} is not"):
+            runner_for(kind)
+
+
+def test_the_entry_point_wants_exactly_one_job_file() -> None:
+    assert main([]) == 2
+
+
+def test_warmup_rises_linearly_then_cosine_decays_to_the_floor() -> None:
+    spec = OptimizerSpec(warmup_steps=10, schedule="cosine")
+    assert lr_multiplier(0, spec, total_steps=110) == pytest.approx(0.1)
+    assert lr_multiplier(9, spec, total_steps=110) == 1.0
+    assert lr_multiplier(60, spec, total_steps=110) == pytest.approx((1 + MIN_LR_RATIO) / 2)
+    assert lr_multiplier(110, spec, total_steps=110) == pytest.approx(MIN_LR_RATIO)
+    constant = OptimizerSpec(warmup_steps=0, schedule="constant")
+    assert all(lr_multiplier(i, constant, 50) == 1.0 for i in range(50))
+    assert not math.isnan(lr_multiplier(0, OptimizerSpec(warmup_steps=0), total_steps=1))

@@ -1,0 +1,53 @@
+"""The Backend seam: turn an admitted gang into running ranks and report their fate.
+
+Implementations: ``local`` (torchrun subprocesses on this machine), and later ``ray`` and
+``kubernetes``. A backend is stateless between calls: everything needed to poll or cancel a
+gang is in its *handle* (a JSON-able string the service stores on the job), so any process of
+the scheduler on the same cluster can pick up a gang another one launched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from workers.protocol import LaunchRequest
+
+
+class GangPhase(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PREEMPTED = "preempted"
+    """The ranks exited with ``EXIT_PREEMPTED`` after checkpointing."""
+    CANCELLED = "cancelled"
+    """The gang stopped because :meth:`Backend.cancel` was called on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class GangStatus:
+    phase: GangPhase
+    exit_code: int | None = None
+    reason: str = ""
+    """Why it ended, in words for ``corral show`` ("rank 1 killed by SIGKILL")."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def launch(self, request: LaunchRequest) -> str:
+        """Start the gang; return its handle. Raise BackendError if it cannot start."""
+        ...
+
+    def poll(self, handle: str) -> GangStatus:
+        """Where the gang is now. Never blocks for long; never raises for a dead gang."""
+        ...
+
+    def cancel(self, handle: str, grace_s: float = 30.0) -> None:
+        """SIGTERM the gang, wait up to ``grace_s`` for it to checkpoint and exit, then SIGKILL."""
+        ...
+
+    def log_path(self, handle: str) -> str:
+        """Path of the gang's combined log file."""
+        ...

@@ -1,0 +1,77 @@
+"""Entry point of every rank: ``python -m workers.jobs.run JOB_FILE`` (started by torchrun).
+
+Exit status: 0 when the job finished, ``EXIT_PREEMPTED`` (75) when it stopped on SIGTERM after
+a complete checkpoint, 2 for a wrong command line, and 1 for any error (Python's status for an
+uncaught exception, whose traceback goes to the rank's log).
+
+Under torchrun only the ranks' statuses carry this meaning: torchrun itself exits 1 whenever a
+rank exits non-zero, 75 included, so a backend reads preemption from the ``preempted`` progress
+event of the attempt rather than from torchrun's status (see :mod:`workers.protocol`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from scheduler.domain.errors import CorralError
+from scheduler.domain.plan import Plan
+from scheduler.domain.spec import JobKind, JobSpec, parse_spec
+from workers.core.distributed import DistContext, init_distributed, shutdown_distributed
+from workers.core.preemption import StopRequest
+from workers.core.trainer import TrainResult
+from workers.protocol import EXIT_PREEMPTED, JobFile
+
+JobRunner = Callable[[JobFile, JobSpec, Plan, DistContext, StopRequest], TrainResult]
+
+
+class JobKindNotImplementedError(CorralError, NotImplementedError):
+    """A valid job kind that the training ranks cannot run yet."""
+
+
+def runner_for(kind: JobKind) -> JobRunner:
+    """The function that runs one attempt of a job of ``kind`` on this rank."""
+    if kind is JobKind.PRETRAIN:
+        from workers.jobs.pretrain import run_pretrain
+
+        return run_pretrain
+    raise JobKindNotImplementedError(
+        f"job kind {kind.value} is not implemented in the training ranks yet; "
+        f"only {JobKind.PRETRAIN.value} runs today"
+    )
+
+
+def _configure_logging(rank: int) -> None:
+    # Rank 0 speaks for the gang; the others report only problems, so logs stay readable.
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one rank of the attempt described by the job file; returns the exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m workers.jobs.run JOB_FILE", file=sys.stderr)
+        return 2
+    # First of all, so that a SIGTERM during start-up also ends in a checkpoint, not a kill.
+    stop = StopRequest().install()
+    job = JobFile.read(args[0])
+    spec = parse_spec(job.spec)
+    plan = Plan.from_dict(job.plan)
+    run = runner_for(spec.kind)
+    ctx = init_distributed()
+    _configure_logging(ctx.rank)
+    try:
+        result = run(job, spec, plan, ctx, stop)
+    finally:
+        shutdown_distributed()
+    return EXIT_PREEMPTED if result.outcome == "preempted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
