@@ -146,3 +146,24 @@ def test_killed_rank_fails_the_attempt_and_the_retry_resumes_from_checkpoint(
     assert [s.get("attempt") for s in starts] == [1, 2]
     assert starts[1]["step"] == resumed_step > 0
     assert _rank_pids(home / "runs" / "job-1" / "attempt-1.json") == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_job_and_leaves_no_rank_behind(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    job = _write_job(tmp_path, **TINY_TRAINING, work__steps=2000)
+    log = tmp_path / "corral-run.log"
+    with log.open("w") as sink, subprocess.Popen(
+        [*CORRAL, "run", str(job), "--poll-s", "0.3"], env=_env(home), stdout=sink,
+        stderr=subprocess.STDOUT,
+    ) as runner:
+        deadline = time.monotonic() + 180
+        while not any(e["event"] == "step" for e in _progress(home)):
+            assert time.monotonic() < deadline, "training never started"
+            assert runner.poll() is None, log.read_text()
+            time.sleep(0.5)
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=120) == 130, log.read_text()
+    assert "job 1 CANCELLED" in log.read_text()
+    assert "RUNNING → CANCELLED" in _show(home)
+    assert _rank_pids(home / "runs" / "job-1" / "attempt-1.json") == []

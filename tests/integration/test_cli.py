@@ -1,0 +1,107 @@
+"""The `corral` command line as a user types it: real processes, a real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.builders import spec_dict
+
+CORRAL = [sys.executable, "-m", "api.cli"]
+
+
+@pytest.fixture
+def corral(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Run ``corral ARGS`` with its own CORRAL_HOME; returns the finished process."""
+    env = dict(os.environ, CORRAL_HOME=str(tmp_path / "home"), CORRAL_LOCAL_DEVICES="2")
+    env.pop("CORRAL_DATABASE_URL", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CORRAL, *args], env=env, capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+
+    return run
+
+
+def _job(tmp_path: Path, text: str | None = None, **overrides: object) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(spec_dict(**overrides)))
+    return str(path)
+
+
+def test_help_lists_every_command(corral) -> None:  # type: ignore[no-untyped-def]
+    out = corral("--help").stdout
+    for command in ("run", "submit", "queue", "show", "cancel", "logs", "pools", "db",
+                    "scheduler"):
+        assert f"  {command}" in out
+
+
+BAD_JOBS = [
+    ("malformed", "name: x\nkind: pretrain\n  bad: indent\n", {}, "malformed YAML at line 3"),
+    ("unknown field", None, {"epochs": 3}, "epochs: unknown field"),
+    ("zero devices", None, {"resources__devices": 0}, "resources.devices"),
+    ("too many devices", None, {"resources__devices": 64},
+     "asks for 64 devices, but the largest matching pool 'local' can run a gang of at most 2"),
+    ("unknown pool", None, {"resources__pool": "a100"}, "unknown pool 'a100'; known pools: local"),
+    ("unknown accelerator", None, {"resources__accelerator": "H100"},
+     "no pool has accelerator 'H100'"),
+    ("missing data file", None, {"data__source": "file", "data__path": "corpus.txt"},
+     "corpus.txt does not exist"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "overrides", "message"), BAD_JOBS,
+                         ids=[case for case, *_ in BAD_JOBS])
+def test_bad_jobs_are_refused_with_a_clear_error_and_nothing_is_stored(
+        corral, tmp_path: Path, case: str, text: str | None,  # type: ignore[no-untyped-def]
+        overrides: dict[str, object], message: str) -> None:
+    done = corral("submit", _job(tmp_path, text, **overrides))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr.replace("\n", " ")
+    assert "Traceback" not in done.stderr
+    assert "tiny" not in corral("queue", "--all").stdout  # no job row
+
+
+def test_submit_queue_show_cancel(corral, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = corral("submit", _job(tmp_path, resources__devices=2))
+    assert first.returncode == 0 and first.stdout.strip() == "1"
+    queue = corral("queue").stdout
+    assert "PENDING" in queue and "tiny" in queue
+    shown = corral("show", "1").stdout
+    assert "Why pending: not yet considered" in shown and "→ PENDING" in shown
+    assert "global_batch: 4" in shown
+    assert "job 1: CANCELLED" in corral("cancel", "1").stdout
+    assert "CANCELLED" in corral("queue", "--all").stdout
+    assert "tiny" not in corral("queue").stdout  # finished jobs only with --all
+
+
+def test_unknown_job_and_missing_log(corral, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    missing = corral("show", "42")
+    assert missing.returncode == 2 and "no job with id 42" in missing.stderr
+    corral("submit", _job(tmp_path))
+    logs = corral("logs", "1")
+    assert logs.returncode == 2 and "job 1 has no log yet (state PENDING)" in logs.stderr
+
+
+def test_pools_list_and_add(corral) -> None:  # type: ignore[no-untyped-def]
+    listed = corral("pools").stdout
+    assert "local" in listed and "2/2" in listed
+    added = corral("pools", "add", "h100", "--backend", "ray", "--accelerator", "H100-SXM",
+                   "--nodes", "2", "--devices-per-node", "8", "--price", "3.5")
+    assert added.returncode == 0, added.stderr
+    assert "16/16" in corral("pools").stdout
+    again = corral("pools", "add", "h100", "--backend", "ray", "--accelerator", "H100-SXM",
+                   "--nodes", "1", "--devices-per-node", "8")
+    assert again.returncode == 2 and "pool 'h100' exists already" in again.stderr
+
+
+def test_db_upgrade_is_idempotent(corral, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    for _ in range(2):
+        done = corral("db", "upgrade", "--url", url)
+        assert done.returncode == 0 and "database at revision 0001" in done.stdout
