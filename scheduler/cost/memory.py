@@ -122,16 +122,28 @@ class StepShape:
     trainable_params: float | None = None
 
 
+def optimizer_temporary_bytes(trainable_params: float, foreach: bool = True) -> float:
+    """Scratch memory of the optimizer step: foreach Adam/AdamW computes its update for all
+    parameters at once, holding one fp32 tensor the size of the (local) trainable parameters
+    (measured with MemTracker in exact mode; ``foreach=False`` works one tensor at a time)."""
+    return 4 * trainable_params if foreach else 0.0
+
+
 def estimate_peak(shape: StepShape, sharding: Sharding, dp_shard: int, tp: int = 1,
                   precision: Precision = "bf16_mixed", recompute: Recompute = "none",
                   framework_overhead_bytes: float = 0.0,
                   attention_scores_stored: bool = False) -> MemoryEstimate:
-    """Peak memory of one device: model states + activations + logits + gathered FSDP units
-    + framework overhead (CUDA context, allocator slack; calibrated per accelerator)."""
+    """Peak memory of one device.
+
+    The step has two peaks and we take the larger: during forward/backward the model states
+    plus activations, logits and gathered FSDP units; during the optimizer step the model
+    states plus the optimizer's temporaries. Framework overhead (CUDA context, allocator slack;
+    calibrated per accelerator) is added to both.
+    """
     params = shape.params / tp
-    trainable = None if shape.trainable_params is None else shape.trainable_params / tp
-    terms = {
-        "model_states": model_state_bytes(params, sharding, dp_shard, precision, trainable),
+    trainable = params if shape.trainable_params is None else shape.trainable_params / tp
+    states = model_state_bytes(params, sharding, dp_shard, precision, trainable)
+    backward = {
         "activations": shape.layers * activation_bytes_per_layer(
             shape.seq_len, shape.micro_batch, shape.hidden, shape.heads, tp, recompute,
             precision, attention_scores_stored),
@@ -141,6 +153,10 @@ def estimate_peak(shape: StepShape, sharding: Sharding, dp_shard: int, tp: int =
         # FSDP all-gathers one block's weights (and the next, prefetched) and reduce-scatters
         # one block's gradients: two unsharded units in the compute dtype plus one gradient.
         weight_bytes = STATE_BYTES[precision][0]
-        terms["fsdp_gathered_units"] = 3 * shape.layer_params / tp * weight_bytes
-    terms["framework_overhead"] = framework_overhead_bytes
+        backward["fsdp_gathered_units"] = 3 * shape.layer_params / tp * weight_bytes
+    local_trainable = trainable / dp_shard if sharding != "ddp" else trainable
+    optimizer_step = {"optimizer_temporaries": optimizer_temporary_bytes(local_trainable)}
+    transient = max(backward, optimizer_step, key=lambda terms: sum(terms.values()))
+    terms = {"model_states": states, **transient,
+             "framework_overhead": framework_overhead_bytes}
     return MemoryEstimate(sum(terms.values()), terms)
