@@ -1,0 +1,83 @@
+"""The planner: fit rejection with reasons, ranking under each objective."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from scheduler.cost.hardware import lookup
+from scheduler.cost.planner import ModelProfile, PlanRequest, PoolOption, plan_job
+from scheduler.domain.plan import Strategy
+
+# Llama-2 7B shape (Touvron et al. 2023): 32 layers, d=4096, 32 heads, V=32000, 6.74 B params.
+LLAMA_7B = ModelProfile(params=6.74e9, layer_params=2.02e8, layers=32, hidden=4096, heads=32,
+                        vocab=32000, flops_per_token=6 * 6.74e9)
+H100 = PoolOption("h100", lookup("H100-SXM"), devices_per_node=8, max_gang=16)
+A100 = PoolOption("a100", lookup("A100-80G"), devices_per_node=8, max_gang=8)
+L4 = PoolOption("l4", lookup("L4"), devices_per_node=8, max_gang=8)
+
+
+def request(**fields: object) -> PlanRequest:
+    base = PlanRequest(profile=LLAMA_7B, seq_len=4096, global_batch=64, total_steps=1000,
+                       precision="bf16")
+    return replace(base, **fields)  # type: ignore[arg-type]
+
+
+def test_7b_does_not_fit_one_h100_with_ddp_but_fits_sharded() -> None:
+    report = plan_job(request(devices=8), [H100])
+    ddp = [c for c in report.rejected if c.plan.strategy is Strategy.DDP]
+    assert ddp and all("needs" in c.why_not and "H100-SXM has" in c.why_not for c in ddp)
+    assert report.best is not None
+    assert report.best.plan.strategy in (Strategy.FSDP_FULL, Strategy.FSDP_GRAD_OP, Strategy.TP)
+    assert report.best.memory_bytes <= report.best.memory_limit_bytes
+
+
+def test_a_job_that_fits_nowhere_gets_the_smallest_fix() -> None:
+    huge = replace(LLAMA_7B, params=70e9, layer_params=8.6e8, layers=80, hidden=8192, heads=64)
+    report = plan_job(request(profile=huge, devices=1), [L4])
+    assert report.best is None
+    assert "needs" in report.smallest_fix() and "fsdp_full" in report.smallest_fix()
+
+
+def test_default_objective_prefers_earliest_completion_including_wait() -> None:
+    busy_h100 = replace(H100, wait_s=30 * 24 * 3600.0)
+    report = plan_job(request(), [busy_h100, A100])
+    assert report.best is not None and report.best.pool == "a100"
+    free = plan_job(request(), [H100, A100])
+    assert free.best is not None and free.best.pool == "h100"
+
+
+def test_deadline_takes_the_cheapest_plan_that_finishes_in_time() -> None:
+    loose = plan_job(request(objective="deadline", deadline_s=1e9), [H100, A100])
+    fastest = plan_job(request(), [H100, A100])
+    assert loose.best is not None and fastest.best is not None
+    assert loose.best.price_usd <= fastest.best.price_usd
+    tight = plan_job(request(objective="deadline", deadline_s=60.0), [H100, A100])
+    assert tight.best is None
+    assert any("after the deadline" in c.why_not for c in tight.rejected)
+
+
+def test_budget_takes_the_fastest_plan_within_budget() -> None:
+    everything = plan_job(request(), [H100, A100])
+    prices = sorted(c.price_usd for c in everything.ranked)
+    budget = prices[len(prices) // 2]
+    report = plan_job(request(objective="budget", budget_usd=budget), [H100, A100])
+    assert report.best is not None and report.best.price_usd <= budget
+    assert all(c.completion_s >= report.best.completion_s for c in report.ranked)
+    assert any("over the budget" in c.why_not for c in report.rejected)
+
+
+def test_recomputation_trades_memory_for_time() -> None:
+    report = plan_job(request(devices=8, micro_batch=1), [H100])
+    pairs = {}
+    for c in report.ranked + report.rejected:
+        if c.plan.strategy is Strategy.FSDP_FULL:
+            pairs[c.plan.activation_checkpointing] = c
+    assert pairs[True].memory_bytes < pairs[False].memory_bytes
+    assert pairs[True].step_time_s > pairs[False].step_time_s
+
+
+def test_every_plan_is_valid_for_its_world_size() -> None:
+    report = plan_job(request(), [H100, A100, L4])
+    for candidate in report.ranked + report.rejected:
+        candidate.plan.validate()
+        assert candidate.plan.global_batch == 64
