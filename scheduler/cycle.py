@@ -8,8 +8,9 @@ simulator drives this same function.
 1. Order pending jobs (priority, then age).
 2. For each job, find the pools that match its request.
 3. Size the gang on each pool and try to place it whole on the devices still free in this cycle.
-4. Choose the plan the trainer will obey (data parallel over the gang until the cost model
-   chooses among strategies).
+4. Choose the plan the trainer will obey: for a pretraining job whose model the cost model
+   knows, the best plan that fits the devices (strategy, micro-batch, recomputation) by
+   predicted completion; otherwise data parallel over the gang.
 5. Admit: take the devices out of this cycle's free view, so later jobs cannot reuse them.
 6. A job that cannot be placed *reserves* the pools it wanted: lower-ordered jobs may not take
    devices there this cycle, so a large gang at the head is never starved by small ones.
@@ -21,6 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from scheduler.cost.hardware import lookup
+from scheduler.cost.planner import Candidate, ModelProfile, PlanRequest, PoolOption, plan_job
 from scheduler.domain.errors import PlanError
 from scheduler.domain.plan import Plan
 from scheduler.domain.resources import NodeView, PendingJobView, PoolView, Snapshot
@@ -30,9 +33,14 @@ from scheduler.policies.placement import (
     devices_for,
     free_summary,
     matching_pools,
+    max_gang,
     nodes_spanned,
     place_gang,
 )
+
+PLANNED_KINDS = frozenset({"pretrain"})
+"""Job kinds whose trainer runs every strategy the planner may choose; the others get data
+parallel plans until their trainers do (LoRA under FSDP, compression on one device)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,8 @@ class Admission:
     backend: str
     plan: Plan
     devices: DeviceList
+    prediction: Candidate | None = None
+    """The cost model's prediction for ``plan``, when it made one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +75,36 @@ def _without(pool: PoolView, taken: DeviceList) -> PoolView:
     return replace(pool, nodes=nodes)
 
 
-def _plan_for(job: PendingJobView, world_size: int, devices: DeviceList) -> Plan:
+def pool_option(pool: PoolView) -> PoolOption:
+    """The planner's view of a pool; the pool's own price wins over the catalog's."""
+    overrides = {"price_per_device_hour": pool.price_per_device_hour} \
+        if pool.price_per_device_hour > 0 else None
+    return PoolOption(pool.name, lookup(pool.accelerator, overrides), pool.devices_per_node,
+                      max_gang(pool))
+
+
+def _plan_for(job: PendingJobView, pool: PoolView, world_size: int,
+              devices: DeviceList) -> tuple[Plan, Candidate | None]:
+    """The cost model's best fitting plan for this gang, or data parallel without one.
+
+    Raises PlanError when the cost model predicts that no plan fits these devices."""
+    nodes = nodes_spanned(devices)
+    if job.model_profile is not None and job.kind in PLANNED_KINDS:
+        try:
+            option = pool_option(pool)
+        except KeyError:
+            option = None  # an accelerator the catalog lacks: no prediction
+        if option is not None:
+            request = PlanRequest(
+                profile=ModelProfile(**job.model_profile), seq_len=job.seq_len,
+                global_batch=job.global_batch, total_steps=job.total_steps,
+                precision=job.precision, micro_batch=job.micro_batch, devices=world_size)
+            report = plan_job(request, [option])
+            if report.best is None:
+                raise PlanError(report.smallest_fix() or "no plan fits these devices")
+            return replace(report.best.plan, nodes=nodes), report.best
     plan = Plan.data_parallel(world_size, job.global_batch, job.micro_batch, job.precision)
-    return replace(plan, nodes=nodes_spanned(devices))
+    return replace(plan, nodes=nodes), None
 
 
 def run_cycle(snapshot: Snapshot,
@@ -110,13 +147,13 @@ def run_cycle(snapshot: Snapshot,
                 continue
             # 4. Plan.
             try:
-                plan = _plan_for(job, count, devices)
+                plan, prediction = _plan_for(job, pool, count, devices)
             except PlanError as err:
                 waits.append(f"pool {pool.name}: {err}")
                 continue
             # 5. Admit on this cycle's view.
             admissions.append(Admission(job.job_id, pool.pool_id, pool.name, pool.backend,
-                                        plan, devices))
+                                        plan, devices, prediction))
             pools[pool.pool_id] = _without(pool, devices)
             admitted = True
             break

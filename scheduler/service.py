@@ -23,18 +23,20 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from scheduler.cycle import Admission, CycleResult, run_cycle
+from scheduler.cycle import PLANNED_KINDS, Admission, CycleResult, run_cycle
 from scheduler.db import repo
 from scheduler.db.models import Job, Pool, utcnow
 from scheduler.db.session import Database
-from scheduler.domain.errors import BackendError, CorralError
+from scheduler.domain.errors import BackendError, CorralError, SpecError, UnschedulableError
+from scheduler.domain.locations import is_job_ref, job_ref_name
 from scheduler.domain.plan import Plan
 from scheduler.domain.resources import PendingJobView
 from scheduler.domain.spec import JobSpec, check_files_exist, parse_spec
 from scheduler.domain.state import LIVE_STATES, JobState
+from scheduler.planning import plan_spec, profile_fields
 from scheduler.policies.placement import check_schedulable
 from workers.backends.base import Backend, GangPhase, GangStatus
-from workers.protocol import JobFile, LaunchRequest, read_progress
+from workers.protocol import EXPORT_DIR_NAME, JobFile, LaunchRequest, read_progress
 
 log = logging.getLogger("corral.service")
 
@@ -76,11 +78,51 @@ class SchedulerService:
         view = PendingJobView.from_spec(0, spec)
         check_schedulable(view, pools)
 
-    def submit(self, spec: JobSpec) -> int:
-        """Validate and store ``spec`` as a PENDING job; return its id."""
+    def resolve_job_reference(self, spec: JobSpec) -> JobSpec:
+        """``spec`` with ``model.path: job:NAME`` replaced by that job's export folder.
+
+        The newest succeeded job called NAME of the spec's tenant counts; the stored spec keeps
+        the folder, so a retry of this job reads the same weights whatever runs later.
+        """
+        value = spec.model.path
+        if value is None or not is_job_ref(value):
+            return spec
+        name = job_ref_name(value)
+        with self.db.read() as session:
+            source = repo.latest_succeeded_job(session, spec.tenant, name)
+            source_id, run_dir = (source.id, source.run_dir) if source else (None, None)
+        if source_id is None or run_dir is None:
+            raise SpecError(
+                f"model.path: {value}: tenant {spec.tenant!r} has no succeeded job named "
+                f"{name!r}; run that job first (its export becomes this job's weights)"
+            )
+        export = Path(run_dir) / EXPORT_DIR_NAME
+        if not export.is_dir():
+            raise SpecError(
+                f"model.path: {value}: job {source_id} ({name}) left no export folder {export}; "
+                f"only jobs that finish with a transformers export can be named here"
+            )
+        return spec.model_copy(
+            update={"model": spec.model.model_copy(update={"path": str(export)})})
+
+    def submit(self, spec: JobSpec,
+               model_config: Mapping[str, Any] | None = None) -> int:
+        """Validate and store ``spec`` as a PENDING job; return its id.
+
+        With the model's full config (``workers.core.model_config``) the cost model checks the
+        job fits some pool at all, and the cycle later picks its plan by prediction.
+        """
+        spec = self.resolve_job_reference(spec)
         self.validate(spec)
+        profile = None
+        if model_config is not None and spec.kind.value in PLANNED_KINDS:
+            report = plan_spec(self.db, spec, model_config)
+            if report.best is None:
+                raise UnschedulableError(f"{spec.name} fits no pool: {report.smallest_fix()}")
+            profile = profile_fields(spec, model_config)
         with self.db.write() as session:
             job = repo.create_job(session, spec)
+            job.model_profile = profile
             job.run_dir = str(self.runs_dir / f"job-{job.id}")
             return job.id
 
@@ -137,11 +179,23 @@ class SchedulerService:
                 job.plan = admission.plan.to_dict()
                 job.pool_id = admission.pool_id
                 job.pending_reason = None
+                detail: dict[str, Any] = {
+                    "pool": admission.pool_name, "plan": admission.plan.to_dict(),
+                    "devices": [list(d) for d in admission.devices]}
+                predicted = ""
+                if admission.prediction is not None:
+                    guess = admission.prediction
+                    job.predicted_step_time_s = guess.step_time_s
+                    job.predicted_run_time_s = guess.run_time_s
+                    detail["prediction"] = {
+                        "memory_bytes": guess.memory_bytes, "step_time_s": guess.step_time_s,
+                        "run_time_s": guess.run_time_s, "price_usd": guess.price_usd,
+                        "memory": guess.memory_explain, "step_time": guess.time_explain}
+                    predicted = (f"; predicted {guess.memory_bytes / 2**30:.2f} GiB/device, "
+                                 f"{guess.step_time_s * 1e3:.3g} ms/step")
                 repo.transition(session, job, JobState.ADMITTED,
                                 f"admitted on pool {admission.pool_name}: "
-                                f"{admission.plan.describe()}",
-                                {"pool": admission.pool_name, "plan": admission.plan.to_dict(),
-                                 "devices": [list(d) for d in admission.devices]})
+                                f"{admission.plan.describe()}{predicted}", detail)
                 admitted.append(admission)
         return admitted
 
@@ -399,8 +453,51 @@ def apply_progress(session: Any, job: Job, event: dict[str, Any]) -> None:
         job.eval_loss = event.get("eval_loss")
     elif kind == "done":
         job.eval_loss = event.get("eval_loss", job.eval_loss)
-        repo.note(session, job, "training finished",
+        repo.note(session, job, f"training finished{_eval_summary(event)}",
                   {k: v for k, v in event.items() if k != "event"})
+    elif kind == "compress":
+        repo.note(session, job, _compress_note(event),
+                  {k: v for k, v in event.items() if k != "event"})
+
+
+def _eval_summary(event: dict[str, Any]) -> str:
+    """``": eval_loss 0.83, eval_accuracy 1"``: the eval metrics of a ``done`` event, if any."""
+    metrics = [f"{name} {value:.4g}" for name, value in event.items()
+               if name.startswith("eval_") and isinstance(value, float)]
+    return f": {', '.join(metrics)}" if metrics else ""
+
+
+def _compress_note(event: dict[str, Any]) -> str:
+    """The before → after lines of a ``compress`` event, as ``corral show`` prints them."""
+    before, after = event.get("before") or {}, event.get("after") or {}
+    settings = ", ".join(f"{name} {value}" for name, value in (event.get("settings") or {}).items()
+                         if name not in ("method", "latency_runs", "latency_threads"))
+
+    def change(name: str, scale: float = 1.0, unit: str = "", digits: int = 4) -> str:
+        old, new = before.get(name), after.get(name)
+        if old is None or new is None:
+            return "-"
+        ratio = f" (×{new / old:.2f})" if old else ""
+        return f"{old * scale:.{digits}g}{unit} → {new * scale:.{digits}g}{unit}{ratio}"
+
+    def metric(name: str) -> str:
+        old = (before.get("metrics") or {}).get(name)
+        new = (after.get("metrics") or {}).get(name)
+        return f"{name} {old:.4f} → {new:.4f}" if old is not None and new is not None else ""
+
+    threads = event.get("threads")
+    batch = "×".join(str(size) for size in event.get("latency_batch_shape") or [])
+    metrics = "; ".join(text for text in (metric("eval_loss"), metric("perplexity"),
+                                          metric("eval_accuracy")) if text)
+    # Continuation lines indented, so that `corral run` shows them under their headline.
+    return "\n  ".join([
+        f"compress {event.get('method')} ({settings}): before → after",
+        f"size on disk {change('size_bytes', 1e-6, ' MB')}",
+        f"parameters {change('parameters', digits=9)}, non-zero "
+        f"{change('nonzero_parameters', digits=9)}",
+        f"latency per {batch} batch {change('latency_s', 1e3, ' ms', 3)} on {threads} thread(s)",
+        metrics or "no quality metric",
+    ])
 
 
 __all__ = ["CorralError", "Plan", "SchedulerService", "TickReport", "parse_spec"]

@@ -25,10 +25,18 @@ from typing import Any, Literal
 EXIT_PREEMPTED = 75
 """EX_TEMPFAIL from sysexits.h: stopped on request after checkpointing; retry later."""
 
-ProgressKind = Literal["start", "step", "checkpoint", "eval", "done", "preempted"]
+EXPORT_DIR_NAME = "export"
+"""Folder in a job's run folder where a finished job leaves its model in the transformers layout
+(``save_pretrained`` weights and the tokenizer); ``model.path: job:NAME`` points at it."""
+
+ProgressKind = Literal["start", "step", "checkpoint", "eval", "done", "preempted", "compress"]
 """``start``: {step, total_steps}; ``step``: {step, loss, tokens_per_s, step_time_s, lr};
-``checkpoint``: {step, path}; ``eval``: {step, eval_loss}; ``done``: {step, loss, eval_loss};
-``preempted``: {step, path}. Every event also has ``time`` (unix seconds) and ``attempt``."""
+``checkpoint``: {step, path}; ``eval``: {step, eval_loss, and the task's other metrics such as
+eval_accuracy}; ``done``: {step, loss, eval_loss, the same metrics};
+``preempted``: {step, path}; ``compress``: {method, settings, threads, latency_batch_shape,
+before, after, report}, where before and after are {size_bytes, parameters, nonzero_parameters,
+latency_s, metrics: {eval_loss, perplexity, ...}} and report is the path of ``report.json``.
+Every event also has ``time`` (unix seconds) and ``attempt``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +50,7 @@ class JobFile:
     plan: dict[str, Any]
     """``Plan.to_dict()``."""
     run_dir: str
-    """The job's folder, shared by all attempts: checkpoints/, progress.jsonl, logs/."""
+    """The job's folder, shared by all attempts: checkpoints/, progress.jsonl, logs/, export/."""
     resume_from: str | None = None
     """A complete checkpoint folder to resume from, or None to start fresh."""
 
@@ -53,6 +61,10 @@ class JobFile:
     @property
     def checkpoint_dir(self) -> Path:
         return Path(self.run_dir) / "checkpoints"
+
+    @property
+    def export_dir(self) -> Path:
+        return Path(self.run_dir) / EXPORT_DIR_NAME
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

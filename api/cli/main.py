@@ -15,13 +15,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from api.cli.render import pools_table, progress_line, queue_table, show_job, state_text
+from api.cli.render import plan_table, pools_table, progress_line, queue_table, show_job, state_text
 from api.embedded import open_embedded
+from scheduler.cycle import PLANNED_KINDS
 from scheduler.db import repo
 from scheduler.db.migrate import upgrade
 from scheduler.db.session import Database, default_url
 from scheduler.domain.errors import CorralError
-from scheduler.domain.spec import load_spec_file
+from scheduler.domain.spec import JobSpec, load_spec_file
 from scheduler.domain.state import JobState
 from scheduler.service import SchedulerService
 
@@ -61,6 +62,15 @@ def _service() -> SchedulerService:
     return open_embedded()
 
 
+def _model_config(spec: JobSpec) -> dict[str, Any] | None:
+    """The model's full config for the cost model, for the job kinds it plans."""
+    if spec.kind.value not in PLANNED_KINDS:
+        return None
+    from workers.core.model_config import resolved_model_config
+
+    return resolved_model_config(spec)
+
+
 def _finished(info: dict[str, Any]) -> bool:
     return info["state"] in FINAL_STATES
 
@@ -76,7 +86,7 @@ def run(job_file: Path, poll_s: float) -> None:
     """
     spec = load_spec_file(job_file)
     service = _service()
-    job_id = service.submit(spec)
+    job_id = service.submit(spec, _model_config(spec))
     console.print(f"submitted job [bold]{job_id}[/] ({spec.name}, {spec.kind.value})")
     started = time.monotonic()
     seen_events = 0
@@ -127,13 +137,35 @@ def _summary(service: SchedulerService, job_id: int, wall_s: float) -> None:
 
 @cli.command()
 @click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--limit", default=10, show_default=True, help="Feasible plans to show.")
+@click.option("--rejected", "show_rejected", default=5, show_default=True,
+              help="Rejected plans to show (closest to fitting first).")
+def plan(job_file: Path, limit: int, show_rejected: int) -> None:
+    """Predict memory, step time, total time and price of every plan for JOB_FILE on this
+    cluster's pools, best first, without submitting it."""
+    from scheduler.planning import plan_spec
+    from workers.core.model_config import resolved_model_config
+
+    spec = load_spec_file(job_file)
+    service = _service()
+    report = plan_spec(service.db, spec, resolved_model_config(spec))
+    console.print(plan_table(report, limit, show_rejected))
+    best = report.best
+    if best is None:
+        raise CorralError(f"{spec.name} fits no pool: {report.smallest_fix()}")
+    console.print(f"best: {best.pool}, {best.plan.describe()}; memory {best.memory_explain}; "
+                  f"step {best.time_explain}", highlight=False)
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
 def submit(job_file: Path) -> None:
     """Validate JOB_FILE and queue it; prints the job id.
 
     In embedded mode a scheduler must be running to start it: `corral scheduler`.
     """
     spec = load_spec_file(job_file)
-    job_id = _service().submit(spec)
+    job_id = _service().submit(spec, _model_config(spec))
     console.print(job_id)
 
 

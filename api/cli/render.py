@@ -86,3 +86,21 @@ def show_job(console: Console, info: dict[str, Any]) -> None:
         ckpts = ", ".join(f"step {c['step']}{'' if c['exists'] else ' (deleted)'}"
                           for c in info["checkpoints"])
         console.print(f"Checkpoints: {ckpts}")
+
+
+def plan_table(report: Any, limit: int, show_rejected: int) -> Table:
+    """Ranked candidates first, then the rejected ones closest to fitting, with why not."""
+    gib = 2**30
+    table = Table(title="Candidate plans (best first)", title_justify="left")
+    for header in ("#", "POOL", "DEVICES", "PLAN", "MEM/DEVICE", "STEP", "TOTAL", "PRICE",
+                   "WHY NOT"):
+        table.add_column(header, overflow="fold")
+    rejected = sorted(report.rejected, key=lambda c: c.memory_bytes / c.memory_limit_bytes)
+    rows = [(str(i + 1), c) for i, c in enumerate(report.ranked[:limit])]
+    rows += [("-", c) for c in rejected[:show_rejected]]
+    for rank, c in rows:
+        table.add_row(rank, c.pool, str(c.plan.world_size), c.plan.describe(),
+                      f"{c.memory_bytes / gib:.2f}/{c.memory_limit_bytes / gib:.0f} GiB",
+                      f"{c.step_time_s * 1e3:.3g} ms", f"{c.run_time_s / 3600:.2f} h",
+                      f"${c.price_usd:,.2f}", escape(c.why_not))
+    return table

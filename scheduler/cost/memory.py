@@ -86,6 +86,14 @@ def activation_bytes_per_layer(seq_len: int, micro_batch: int, hidden: int, head
     return sbh * per / tp * scale
 
 
+def stores_attention_scores(config: dict[str, object]) -> bool:
+    """Whether training keeps the s×s attention probabilities: memory-efficient attention
+    kernels (SDPA flash / efficient) do not, but attention dropout sends SDPA to its math path
+    on CPU, which materialises them (observed with the exact trace on GPT-2, attn_pdrop 0.1)."""
+    dropout = config.get("attn_pdrop", config.get("attention_dropout", 0.0))
+    return isinstance(dropout, int | float) and dropout > 0
+
+
 def logits_bytes(seq_len: int, micro_batch: int, vocab: int, tp: int = 1,
                  precision: Precision = "bf16_mixed") -> float:
     """Logits in the compute dtype, their fp32 copy for the loss, and the gradient."""

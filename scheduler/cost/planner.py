@@ -16,9 +16,11 @@ Steps:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+from scheduler.cost.flops import TransformerShape, training_flops_per_token
 from scheduler.cost.hardware import Accelerator
 from scheduler.cost.memory import Precision, Recompute, Sharding, StepShape, estimate_peak
 from scheduler.cost.time import efficiency, step_time
@@ -46,6 +48,19 @@ class ModelProfile:
     flops_per_token: float
     """Training FLOPs per token (forward + backward), without recomputation."""
     trainable_params: float | None = None
+
+
+def model_profile(config: Mapping[str, Any], seq_len: int,
+                  trainable_params: float | None = None) -> ModelProfile:
+    """The planner's view of a model from its full transformers config dict."""
+    shape = TransformerShape.from_config(config)
+    return ModelProfile(
+        params=shape.parameter_count(),
+        layer_params=shape.layer_matmul_parameters / shape.num_layers,
+        layers=shape.num_layers, hidden=shape.hidden_size, heads=shape.num_heads,
+        vocab=shape.vocab_size, flops_per_token=training_flops_per_token(shape, seq_len),
+        trainable_params=trainable_params,
+    )
 
 
 @dataclass(frozen=True, slots=True)

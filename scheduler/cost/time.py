@@ -75,8 +75,8 @@ class StepTime:
     parts_s: dict[str, float] = field(default_factory=dict)
 
     def explain(self) -> str:
-        parts = ", ".join(f"{name} {value * 1e3:.1f}" for name, value in self.parts_s.items())
-        return f"{self.total_s * 1e3:.1f} ms = {parts} (ms)"
+        parts = ", ".join(f"{name} {value * 1e3:.3g}" for name, value in self.parts_s.items())
+        return f"{self.total_s * 1e3:.3g} ms = {parts} (ms)"
 
 
 def step_time(*, flops_per_device: float, peak_flops: float, eta: float, strategy: str,

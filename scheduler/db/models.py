@@ -147,6 +147,9 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     plan: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    model_profile: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    """The cost model's view of the job's model (scheduler.cost.planner.ModelProfile fields),
+    resolved once at submit so the cycle can plan without an ML framework."""
     pool_id: Mapped[int | None] = mapped_column(ForeignKey("pool.id"), default=None)
     pending_reason: Mapped[str | None] = mapped_column(Text, default=None)
     predicted_step_time_s: Mapped[float | None] = mapped_column(Float, default=None)

@@ -133,6 +133,15 @@ def list_jobs(session: Session, states: Iterable[JobState] | None = None,
     return list(session.scalars(query))
 
 
+def latest_succeeded_job(session: Session, tenant: str, name: str) -> Job | None:
+    """The newest SUCCEEDED job called ``name`` of ``tenant``, or None."""
+    query = (select(Job).join(Tenant, Job.tenant_id == Tenant.id)
+             .where(Tenant.name == tenant, Job.name == name,
+                    Job.state == JobState.SUCCEEDED.value)
+             .order_by(Job.id.desc()).limit(1))
+    return session.scalar(query)
+
+
 def transition(session: Session, job: Job, target: JobState, reason: str,
                detail: dict[str, Any] | None = None) -> JobEvent:
     """Move ``job`` to ``target`` (checked against the table) and record why, atomically."""
@@ -176,7 +185,8 @@ def failure_count(session: Session, job_id: int) -> int:
 def pending_views(session: Session) -> tuple[PendingJobView, ...]:
     jobs = session.scalars(select(Job).where(Job.state == JobState.PENDING.value))
     return tuple(
-        PendingJobView.from_spec(job.id, JobSpec.model_validate(job.spec), job.priority)
+        PendingJobView.from_spec(job.id, JobSpec.model_validate(job.spec), job.priority,
+                                 job.model_profile)
         for job in jobs
     )
 

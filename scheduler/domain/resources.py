@@ -56,9 +56,15 @@ class PendingJobView:
     global_batch: int
     micro_batch: int | None
     precision: str
+    kind: str = "pretrain"
+    seq_len: int = 0
+    total_steps: int = 0
+    model_profile: dict[str, float] | None = None
+    """Fields of the cost model's ModelProfile; None plans data parallel without prediction."""
 
     @classmethod
-    def from_spec(cls, job_id: int, spec: JobSpec, priority: int | None = None) -> PendingJobView:
+    def from_spec(cls, job_id: int, spec: JobSpec, priority: int | None = None,
+                  model_profile: dict[str, float] | None = None) -> PendingJobView:
         """The cycle's view of a job with this spec (``priority`` overrides the spec's)."""
         devices = spec.resources.devices
         micro_batch = spec.batch.micro_batch
@@ -70,7 +76,8 @@ class PendingJobView:
             devices=None if devices == "auto" else devices,
             global_batch=spec.batch.global_batch,
             micro_batch=None if micro_batch == "auto" else micro_batch,
-            precision=spec.precision,
+            precision=spec.precision, kind=spec.kind.value, seq_len=spec.data.seq_len,
+            total_steps=spec.total_steps(), model_profile=model_profile,
         )
 
 

@@ -13,7 +13,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from scheduler.domain.compress_spec import CompressSpec
 from scheduler.domain.errors import SpecError
+from scheduler.domain.finetune_spec import FinetuneSpec
+from scheduler.domain.locations import (
+    check_reference,
+    is_job_ref,
+    is_package_ref,
+    resolve_package_path,
+)
 
 
 class JobKind(StrEnum):
@@ -35,7 +43,11 @@ class ModelSpec(_Strict):
     config: dict[str, Any] = Field(
         default_factory=dict, description="fields of the transformers config, e.g. hidden_size"
     )
-    path: str | None = Field(default=None, description="directory of pretrained weights")
+    path: str | None = Field(
+        default=None,
+        description="directory of pretrained weights, pkg:PACKAGE/FOLDER or job:NAME (the "
+                    "export of an earlier job); see scheduler.domain.locations",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -48,9 +60,13 @@ class ModelSpec(_Strict):
 
 
 class TokenizerSpec(_Strict):
-    """``byte`` (256 symbols), ``bpe`` trained on the corpus, or a tokenizer directory."""
+    """``byte`` (256 symbols), ``bpe`` trained on the corpus, a directory, or ``model``'s own.
 
-    kind: Literal["byte", "bpe", "path"] = "bpe"
+    ``model`` (the default of finetune jobs) is the tokenizer saved with the weights in
+    ``model.path``.
+    """
+
+    kind: Literal["byte", "bpe", "path", "model"] = "bpe"
     vocab_size: int = Field(default=2048, ge=260, le=262_144)
     path: str | None = None
 
@@ -161,6 +177,87 @@ class JobSpec(_Strict):
     resources: ResourceSpec = ResourceSpec()
     seed: int = 0
     tenant: str = "default"
+    finetune: FinetuneSpec | None = None
+    compress: CompressSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finetune_tokenizer_default(cls, data: Any) -> Any:
+        # A finetune or compress job must read text with the tokenizer its weights were
+        # trained with.
+        if (isinstance(data, dict) and data.get("kind") in ("finetune", "compress")
+                and "tokenizer" not in data):
+            return {**data, "tokenizer": {"kind": "model"}}
+        return data
+
+    @model_validator(mode="after")
+    def _sections_match_kind(self) -> JobSpec:
+        if self.finetune is not None and self.kind is not JobKind.FINETUNE:
+            raise ValueError(f"the finetune section is only for kind: finetune, not "
+                             f"{self.kind.value}; remove it or change the kind")
+        if self.tokenizer.kind == "model" and self.kind not in (JobKind.FINETUNE,
+                                                                JobKind.COMPRESS):
+            raise ValueError("tokenizer.kind: model is only for kind: finetune or compress")
+        if self.kind is JobKind.FINETUNE:
+            if self.finetune is None:
+                raise ValueError("kind: finetune needs a finetune section, e.g. finetune: "
+                                 "{task: classification, num_labels: 2}")
+            if self.model.path is None:
+                raise ValueError("kind: finetune starts from weights: give model.path (a "
+                                 "directory, pkg:PACKAGE/FOLDER or job:NAME), not "
+                                 "model.architecture")
+            if self.tokenizer.kind == "bpe":
+                raise ValueError("a finetune job reads text with its model's tokenizer; remove "
+                                 "tokenizer (or use kind: model, path or byte), not bpe")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compress_defaults(cls, data: Any) -> Any:
+        # Quantize and prune train nothing and time one process: one device, no steps to ask.
+        if not isinstance(data, dict) or data.get("kind") != "compress":
+            return data
+        section = data.get("compress")
+        method = section.get("method") if isinstance(section, dict) else None
+        if method not in ("quantize", "prune"):
+            return data
+        work = dict(data.get("work") or {})
+        if work.get("steps") is None and work.get("tokens") is None:
+            work["steps"] = 1
+        resources = dict(data.get("resources") or {})
+        resources.setdefault("devices", 1)
+        return {**data, "work": work, "resources": resources}
+
+    @model_validator(mode="after")
+    def _compress_rules(self) -> JobSpec:
+        if self.compress is not None and self.kind is not JobKind.COMPRESS:
+            raise ValueError(f"the compress section is only for kind: compress, not "
+                             f"{self.kind.value}; remove it or change the kind")
+        if self.kind is not JobKind.COMPRESS:
+            return self
+        if self.compress is None:
+            raise ValueError("kind: compress needs a compress section, e.g. compress: "
+                             "{method: quantize, dtype: int8}")
+        method = self.compress.method
+        if self.model.path is None:
+            what = "the teacher" if method == "distill" else "the model to compress"
+            raise ValueError(f"kind: compress needs model.path, {what} (a directory, "
+                             f"pkg:PACKAGE/FOLDER or job:NAME), not model.architecture")
+        if self.tokenizer.kind == "bpe":
+            raise ValueError("a compress job reads text with its model's tokenizer; remove "
+                             "tokenizer (or use kind: model, path or byte), not bpe")
+        if self.data.eval_fraction == 0 or self.work.eval_batches == 0:
+            raise ValueError("a compress job measures quality on held-out data: set "
+                             "data.eval_fraction > 0 and work.eval_batches > 0")
+        if method in ("quantize", "prune"):
+            if self.resources.devices != 1:
+                raise ValueError(f"compress method {method} runs in one process on one device "
+                                 f"(latency is timed there); set resources.devices: 1 or "
+                                 f"leave it out")
+            if self.work.steps != 1 or self.work.tokens is not None:
+                raise ValueError(f"compress method {method} trains nothing; leave out "
+                                 f"work.steps and work.tokens (work.eval_batches counts)")
+        return self
 
     def steps_for(self, tokens_per_step: int) -> int:
         """Optimizer steps this job runs, given how many tokens one step consumes."""
@@ -212,8 +309,8 @@ def resolve_paths(spec: JobSpec, base_dir: Path) -> JobSpec:
     """Make relative file paths in the spec absolute against ``base_dir`` (the YAML's folder)."""
 
     def absolute(value: str | None) -> str | None:
-        if value is None:
-            return None
+        if value is None or is_package_ref(value) or is_job_ref(value):
+            return value
         path = Path(value).expanduser()
         return str(path if path.is_absolute() else (base_dir / path).resolve())
 
@@ -253,13 +350,20 @@ def load_spec_file(path: str | Path) -> JobSpec:
 
 
 def check_files_exist(spec: JobSpec) -> None:
-    """Raise :class:`SpecError` for data, model or tokenizer paths that are not on disk."""
+    """Raise :class:`SpecError` for data, model or tokenizer paths that are not on disk.
+
+    A ``pkg:`` reference must name an installed package's folder; a ``job:`` reference is left
+    to the scheduler, which replaces it by the folder of that job's export at submit.
+    """
     checks = [("data.path", spec.data.path, "file"), ("model.path", spec.model.path, "dir"),
               ("tokenizer.path", spec.tokenizer.path, "dir")]
     for field, value, kind in checks:
         if value is None:
             continue
-        path = Path(value)
+        check_reference(field, value)
+        if is_job_ref(value):
+            continue
+        path = resolve_package_path(value, field) if is_package_ref(value) else Path(value)
         ok = path.is_file() if kind == "file" else path.is_dir()
         if not ok:
             noun = "file" if kind == "file" else "directory"

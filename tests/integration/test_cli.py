@@ -104,4 +104,17 @@ def test_db_upgrade_is_idempotent(corral, tmp_path: Path) -> None:  # type: igno
     url = f"sqlite:///{tmp_path / 'other.db'}"
     for _ in range(2):
         done = corral("db", "upgrade", "--url", url)
-        assert done.returncode == 0 and "database at revision 0001" in done.stdout
+        assert done.returncode == 0 and "database at revision 0002" in done.stdout
+
+
+def test_plan_prints_ranked_candidates_and_refuses_what_fits_nowhere(
+        corral, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    example = Path(__file__).resolve().parents[2] / "examples" / "pretrain-tiny.yaml"
+    planned = corral("plan", str(example))
+    assert planned.returncode == 0, planned.stderr
+    assert "Candidate plans" in planned.stdout and "best: local, ddp world=2" in planned.stdout
+    huge = _job(tmp_path, model__config={"hidden_size": 8192, "num_hidden_layers": 80,
+                                         "num_attention_heads": 64, "intermediate_size": 28672},
+                data__seq_len=4096, resources__devices=1)
+    refused = corral("plan", huge)
+    assert refused.returncode == 2 and "fits no pool: needs" in refused.stderr

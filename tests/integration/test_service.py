@@ -190,3 +190,34 @@ def test_admitted_job_whose_scheduler_died_is_taken_back(
     with service.db.read() as session:
         reasons = [e.reason for e in session.query(JobEvent).filter_by(job_id=job_id)]
     assert any("not launched within 120 s" in reason for reason in reasons)
+
+
+LLAMA_1B = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 2048,
+            "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 8,
+            "intermediate_size": 5632, "tie_word_embeddings": False}
+
+
+def test_admission_uses_the_cost_models_best_plan(service: SchedulerService,
+                                                   fake_backend: FakeBackend) -> None:
+    spec = make_spec(resources__pool="h100", resources__devices=8, batch__global_batch=32,
+                     data__seq_len=2048, precision="bf16")
+    job_id = service.submit(spec, LLAMA_1B)
+    service.tick()
+    (request,) = fake_backend.launched
+    plan = Plan.from_dict(JobFile.read(request.job_file).plan)
+    assert plan.world_size == 8 and plan.global_batch == 32
+    with service.db.read() as session:
+        job = repo.get_job(session, job_id)
+        assert job.model_profile is not None and job.model_profile["layers"] == 16
+        assert job.predicted_step_time_s is not None and job.predicted_step_time_s > 0
+    admitted = [e for e in service.describe(job_id)["events"] if e["to"] == "ADMITTED"]
+    assert "predicted" in admitted[0]["reason"]
+    assert admitted[0]["detail"]["prediction"]["memory_bytes"] > 0
+
+
+def test_a_model_that_fits_no_pool_is_refused_at_submit(service: SchedulerService) -> None:
+    huge = dict(LLAMA_1B, hidden_size=16384, num_hidden_layers=126, num_attention_heads=128,
+                intermediate_size=53248)
+    with pytest.raises(UnschedulableError, match="fits no pool: needs .* GiB per device"):
+        service.submit(make_spec(resources__devices=1, data__seq_len=8192), huge)
+    assert _job_count(service) == 0

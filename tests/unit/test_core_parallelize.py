@@ -11,8 +11,10 @@ from scheduler.domain.plan import Plan, Strategy
 from scheduler.domain.spec import JobKind, OptimizerSpec
 from workers.core.optim import MIN_LR_RATIO, lr_multiplier
 from workers.core.parallelize import StrategyNotImplementedError, check_plan
+from workers.jobs.compress import run_compress
+from workers.jobs.finetune import run_finetune
 from workers.jobs.pretrain import run_pretrain
-from workers.jobs.run import JobKindNotImplementedError, main, runner_for
+from workers.jobs.run import main, runner_for
 
 
 def test_a_ddp_plan_for_the_launched_world_gives_its_data_parallel_layout() -> None:
@@ -35,13 +37,15 @@ def test_degrees_that_do_not_multiply_to_the_world_show_the_equation() -> None:
 @pytest.mark.parametrize(
     "plan",
     [
-        Plan(strategy=Strategy.FSDP_FULL, world_size=4, dp_shard=4),
-        Plan(strategy=Strategy.TP, world_size=2, tp=2),
+        Plan(strategy=Strategy.PP, world_size=2, pp=2),
+        Plan(strategy=Strategy.FSDP_FULL, world_size=4, dp_shard=2, pp=2),
     ],
-    ids=["fsdp", "tp"],
+    ids=["pp", "fsdp with pp"],
 )
-def test_strategies_not_implemented_yet_say_so_and_list_the_ready_ones(plan: Plan) -> None:
-    with pytest.raises(StrategyNotImplementedError, match=r"implemented: single, ddp"):
+def test_pipeline_parallel_is_refused_and_the_runnable_strategies_listed(plan: Plan) -> None:
+    with pytest.raises(StrategyNotImplementedError,
+                       match=r"pipeline parallel is not supported yet .* single, ddp, fsdp_full, "
+                             r"fsdp_grad_op, tp"):
         check_plan(plan, world_size=plan.world_size)
 
 
@@ -51,11 +55,10 @@ def test_fp16_is_refused_with_the_alternative() -> None:
         check_plan(plan, world_size=2)
 
 
-def test_only_pretrain_runs_today() -> None:
+def test_every_kind_has_its_runner() -> None:
     assert runner_for(JobKind.PRETRAIN) is run_pretrain
-    for kind in (JobKind.FINETUNE, JobKind.COMPRESS):
-        with pytest.raises(JobKindNotImplementedError, match=f"job kind {kind.value} is not"):
-            runner_for(kind)
+    assert runner_for(JobKind.FINETUNE) is run_finetune
+    assert runner_for(JobKind.COMPRESS) is run_compress
 
 
 def test_the_entry_point_wants_exactly_one_job_file() -> None:

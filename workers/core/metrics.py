@@ -1,4 +1,4 @@
-"""Measurements of a training step: phase times, throughput and the process's peak memory."""
+"""Measurements of a training step: phase times, throughput, MFU and the process's peak memory."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import contextlib
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.cost.flops import TransformerShape, training_flops_per_token
+from scheduler.domain.errors import SpecError
 
 
 def peak_rss_bytes() -> int:
@@ -67,3 +71,36 @@ class StepMetrics:
             "step_time_s": round(self.step_time_s, 6),
             **{f"{name}_s": round(value, 6) for name, value in self.phase_times_s.items()},
         }
+
+
+def model_flops_per_token(model_config: Mapping[str, Any], seq_len: int) -> int | None:
+    """Training FLOPs per token by the cost model's formula, or None for an unknown family.
+
+    Model FLOPs (no recomputation), as MFU is defined: the same work counts the same whether or
+    not a plan recomputes activations.
+    """
+    try:
+        shape = TransformerShape.from_config(model_config)
+    except SpecError:
+        return None
+    return training_flops_per_token(shape, seq_len)
+
+
+@dataclass(frozen=True)
+class FlopsUtilization:
+    """Model FLOPs utilisation (Chowdhery et al. 2022, PaLM, appendix B) of one gang.
+
+    ``mfu = flops_per_token · tokens_per_s / (devices · peak_flops_per_device_per_s)`` where
+    ``tokens_per_s`` is the whole gang's throughput.
+    """
+
+    flops_per_token: int
+    peak_flops_per_device_per_s: float
+    devices: int
+
+    def event_fields(self, tokens_per_s: float) -> dict[str, float]:
+        """``mfu`` (a fraction) and ``peak_flops`` (FLOP/s of one device) for a step event."""
+        achieved_flops_per_s = self.flops_per_token * tokens_per_s
+        peak_flops_per_s = self.peak_flops_per_device_per_s * self.devices
+        return {"mfu": round(achieved_flops_per_s / peak_flops_per_s, 6),
+                "peak_flops": round(self.peak_flops_per_device_per_s)}

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from scheduler.domain.errors import SpecError
+from scheduler.domain.locations import local_path
 from scheduler.domain.spec import ModelSpec
 from workers.core.tokenizer import TextTokenizer
 
@@ -52,7 +53,7 @@ def build_model(spec: ModelSpec, tokenizer: TextTokenizer, seed: int) -> PreTrai
     broadcast rank 0's weights anyway, but equal weights make a single rank's run reproducible.
     """
     if spec.path is not None:
-        return _load_pretrained(Path(spec.path), tokenizer)
+        return _load_pretrained(local_path(spec.path), tokenizer)
     assert spec.architecture is not None  # ModelSpec guarantees one source
     _check_config_fields(spec.architecture, spec.config)
     requested_vocab = spec.config.get("vocab_size")

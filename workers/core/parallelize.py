@@ -5,30 +5,51 @@ plan's degrees against the real world size of the gang (``dp_replicate × dp_sha
 must equal ``WORLD_SIZE``) and that this core implements the strategy, so a wrong plan costs
 seconds, not a tokenizer training and a model build.
 
-:func:`parallelize` then applies, in torchtitan's order: tensor parallelism, activation
-checkpointing, then the data-parallel wrapper (FSDP or DDP). Today ``single`` and ``ddp`` are
-implemented; ``fsdp_*``, ``tp`` and ``pp`` get their ``apply_*`` function and an entry in
-:data:`_IMPLEMENTED` when they come.
+:func:`parallelize` then applies, in torchtitan's order:
+
+1. tensor parallelism (:func:`~workers.core.tensor_parallel.apply_tp`), first because it
+   replaces the blocks' weights with DTensors that the later steps must see;
+2. activation checkpointing (:func:`apply_activation_checkpointing`): transformers' per-block
+   recomputation, switched on before the wrapper takes the blocks over;
+3. the data-parallel wrapper: FSDP2 (:func:`~workers.core.data_parallel.apply_fsdp`) when
+   parameters are sharded or already DTensors (TP), otherwise DDP
+   (:func:`~workers.core.data_parallel.apply_ddp`).
+
+Mixed precision: with ``precision: bf16`` on a device that supports it, forward passes run
+under bf16 autocast (the trainer) and FSDP additionally gathers parameters in bf16 and reduces
+gradients in fp32 (its ``MixedPrecisionPolicy``); master weights and optimizer state stay fp32.
+On the CPU everything computes in fp32.
+
+Ranks are laid out pp → dp_replicate → dp_shard → tp (tp innermost, so a TP group is the
+closest ranks: the same node, the fastest link). Pipeline parallelism is not supported yet.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.nn.parallel import DistributedDataParallel
 
 from scheduler.domain.errors import PlanError
 from scheduler.domain.plan import Plan, Strategy
+from workers.core.data_parallel import apply_ddp, apply_fsdp
 from workers.core.distributed import DistContext
+from workers.core.tensor_parallel import apply_tp
+
+__all__ = ["ParallelDims", "StrategyNotImplementedError", "apply_activation_checkpointing",
+           "check_plan", "compute_dtype", "gradient_sync", "parallelize"]
 
 logger = logging.getLogger(__name__)
+
+_IMPLEMENTED = (Strategy.SINGLE, Strategy.DDP, Strategy.FSDP_FULL, Strategy.FSDP_GRAD_OP,
+                Strategy.TP)
+
+_MESH_DIMS = ("dp_replicate", "dp_shard", "tp")
 
 
 class StrategyNotImplementedError(PlanError, NotImplementedError):
@@ -51,33 +72,29 @@ class ParallelDims:
         """Data-parallel degree: ranks that see different batches."""
         return self.dp_replicate * self.dp_shard
 
+    @property
+    def uses_fsdp(self) -> bool:
+        """Whether the data-parallel wrapper is FSDP2 rather than DDP.
+
+        Sharded plans need it, and so does TP with data parallelism: DDP cannot all-reduce
+        DTensor gradients, FSDP2 composes with them (a replicate-only mesh makes it HSDP with
+        shards of one, i.e. DDP semantics).
+        """
+        return self.dp_shard > 1 or (self.tp > 1 and self.dp > 1)
+
+    @property
+    def reshard_after_forward(self) -> bool:
+        """ZeRO-3-like (True) unless the plan asks for shard-grad-op (ZeRO-2-like)."""
+        return self.strategy is not Strategy.FSDP_GRAD_OP and self.dp_shard > 1
+
     def dp_rank(self, rank: int) -> int:
         """Which data-parallel replica global ``rank`` belongs to (tp is the innermost dim)."""
         return (rank // self.tp) % self.dp
 
-
-def apply_single(model: nn.Module, ctx: DistContext) -> nn.Module:
-    """One rank: nothing to wrap."""
-    return model
-
-
-def apply_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
-    """Replicate the model on every rank and all-reduce gradients (gloo on CPU, NCCL on CUDA)."""
-    # Buffers of causal LMs (rotary tables) are computed, not trained: identical on every rank,
-    # so broadcasting them before each forward would be a wasted collective. torch 2.13 renamed
-    # the switch; older releases only know the old name.
-    parameters = inspect.signature(DistributedDataParallel).parameters
-    no_buffer_sync: dict[str, Any] = (
-        {"forward_sync_buffers": False}
-        if "forward_sync_buffers" in parameters
-        else {"broadcast_buffers": False}
-    )
-    return DistributedDataParallel(
-        model,
-        device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-        gradient_as_bucket_view=True,
-        **no_buffer_sync,
-    )
+    def build_mesh(self, device: torch.device) -> DeviceMesh:
+        """The (dp_replicate, dp_shard, tp) device mesh of this gang; every rank must call it."""
+        return init_device_mesh(device.type, (self.dp_replicate, self.dp_shard, self.tp),
+                                mesh_dim_names=_MESH_DIMS)
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
@@ -98,12 +115,6 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
     legacy_enable(gradient_checkpointing_kwargs=options)
 
 
-_IMPLEMENTED: dict[Strategy, Callable[[nn.Module, DistContext], nn.Module]] = {
-    Strategy.SINGLE: apply_single,
-    Strategy.DDP: apply_ddp,
-}
-
-
 def check_plan(plan: Plan, world_size: int) -> ParallelDims:
     """Raise :class:`PlanError` unless ``plan`` fits a gang of ``world_size`` and can run here."""
     if plan.world_size != world_size:
@@ -114,11 +125,11 @@ def check_plan(plan: Plan, world_size: int) -> ParallelDims:
     plan.validate(world_size)
     if plan.precision == "fp16":
         raise PlanError("precision fp16 needs loss scaling, which the core lacks; use bf16")
-    if plan.strategy not in _IMPLEMENTED:
+    if plan.pp > 1 or plan.strategy not in _IMPLEMENTED:
         ready = ", ".join(strategy.value for strategy in _IMPLEMENTED)
         raise StrategyNotImplementedError(
-            f"strategy {plan.strategy.value} is not implemented in the training core yet; "
-            f"implemented: {ready}"
+            f"pipeline parallel is not supported yet (plan has pp={plan.pp}); use pp=1 with "
+            f"one of: {ready}"
         )
     return ParallelDims(strategy=plan.strategy, world_size=world_size,
                         dp_replicate=plan.dp_replicate, dp_shard=plan.dp_shard,
@@ -128,16 +139,34 @@ def check_plan(plan: Plan, world_size: int) -> ParallelDims:
 def parallelize(model: nn.Module, plan: Plan, dims: ParallelDims, ctx: DistContext) -> nn.Module:
     """Move ``model`` to this rank's device and apply the plan; returns the module to train."""
     model.to(ctx.device)
+    mesh = dims.build_mesh(ctx.device) if dims.tp > 1 or dims.uses_fsdp else None
+    # 1. Tensor parallel.
+    if dims.tp > 1:
+        assert mesh is not None
+        apply_tp(model, mesh["tp"])
+    # 2. Activation checkpointing.
     if plan.activation_checkpointing:
         apply_activation_checkpointing(model)
-    return _IMPLEMENTED[dims.strategy](model, ctx)
+    # 3. Data parallel: FSDP2, DDP, or nothing for one replica.
+    if dims.uses_fsdp:
+        assert mesh is not None
+        # With replicas, a 2-D (replicate, shard) mesh: HSDP. Otherwise shard over all dp ranks.
+        dp_mesh = mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else mesh["dp_shard"]
+        apply_fsdp(model, dp_mesh, dims.reshard_after_forward,
+                   param_dtype=compute_dtype(plan.precision, ctx.device))
+        return model
+    if dims.dp > 1:
+        return apply_ddp(model, ctx)
+    return model
 
 
 def gradient_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[None]:
     """A context in which backward all-reduces gradients only if ``enabled``.
 
-    Gradient accumulation disables it for all micro-batches but the last, so one step costs
-    one all-reduce rather than ``grad_accum`` of them.
+    Gradient accumulation disables it for all micro-batches but the last, so one DDP step costs
+    one all-reduce rather than ``grad_accum`` of them. FSDP is left to reduce-scatter after every
+    micro-batch: skipping it would keep whole, unsharded gradients between micro-batches, the
+    memory that sharding exists to save. TP needs no gradient collective of its own.
     """
     if not enabled and isinstance(model, DistributedDataParallel):
         return model.no_sync()

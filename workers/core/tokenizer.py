@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from scheduler.domain.locations import local_path
 from scheduler.domain.spec import TokenizerSpec
 
 END_OF_TEXT = "<|endoftext|>"
@@ -176,7 +177,7 @@ def build_tokenizer(
         return ByteTokenizer()
     if spec.kind == "path":
         assert spec.path is not None  # TokenizerSpec guarantees a path for kind: path
-        return PretrainedTokenizer(Path(spec.path))
+        return PretrainedTokenizer(local_path(spec.path, "tokenizer.path"))
     directory = run_dir / "tokenizer"
     if is_rank_zero and not (directory / TOKENIZER_FILE).is_file():
         train_bpe(documents, spec.vocab_size, directory)

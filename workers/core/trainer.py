@@ -14,7 +14,11 @@ Then :meth:`Trainer.run` goes on with
 7. on an agreed stop (SIGTERM on any rank) checkpoint, report ``preempted`` and return, so the
    entry point exits with ``EXIT_PREEMPTED``.
 
-After the last step it evaluates on the held-out windows and reports ``eval`` and ``done``.
+After the last step it evaluates on the held-out data and reports ``eval`` and ``done`` (with
+``eval_at_start``, a fresh run also reports an ``eval`` at step 0, before training).
+
+What is trained on and how it is scored comes from a :class:`~workers.core.tasks.Task`
+(causal LM, classification, instruction tuning), so every job kind runs through this loop.
 """
 
 from __future__ import annotations
@@ -27,17 +31,17 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from workers.core.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from workers.core.data import PackedWindows, StepSampler, eval_micro_batches
 from workers.core.distributed import DistContext
-from workers.core.metrics import StepMetrics, StepTimer, peak_rss_bytes
+from workers.core.grad_clip import clip_grad_norm_
+from workers.core.metrics import FlopsUtilization, StepMetrics, StepTimer, peak_rss_bytes
 from workers.core.parallelize import gradient_sync
 from workers.core.preemption import StopRequest
 from workers.core.progress import ProgressReporter
+from workers.core.tasks import Batch, Task
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +56,16 @@ class TrainerConfig:
     dp_size: int
     dp_rank: int
     seq_len: int
+    """Tokens per sequence (padded length for finetuning tasks): the unit of tokens/s."""
     grad_clip: float | None
     checkpoint_interval_steps: int
     checkpoint_keep: int
-    eval_batches: int
     compute_dtype: torch.dtype | None = None
     log_every_steps: int = 10
+    eval_at_start: bool = False
+    """Also evaluate before the first step, so a finetune reports its metrics before and after."""
+    utilization: FlopsUtilization | None = None
+    """Adds ``mfu`` and ``peak_flops`` to step events; None where FLOPs or peak are unknown."""
 
     @property
     def tokens_per_step(self) -> int:
@@ -74,34 +82,27 @@ class TrainResult:
     loss: float | None
     eval_loss: float | None
     checkpoint: Path | None
-
-
-def causal_lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy; the windows are already shifted, so no shift here."""
-    logits = model(input_ids=inputs).logits
-    # Softmax in fp32 even under bf16 autocast: the log-sum-exp over a vocabulary loses digits.
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    eval_metrics: dict[str, float] | None = None
 
 
 class Trainer:
     """Runs optimizer steps ``start + 1 … total_steps`` of one attempt on one rank."""
 
     def __init__(self, config: TrainerConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 lr_schedule: LRScheduler, train_data: PackedWindows, sampler: StepSampler,
-                 eval_data: PackedWindows | None, ctx: DistContext, checkpoint_dir: Path,
-                 reporter: ProgressReporter, stop: StopRequest) -> None:
+                 lr_schedule: LRScheduler, task: Task, ctx: DistContext, checkpoint_dir: Path,
+                 reporter: ProgressReporter, stop: StopRequest,
+                 state: TrainState | None = None) -> None:
         self.config = config
         self.model = model
         self.optimizer = optimizer
         self.lr_schedule = lr_schedule
-        self.train_data = train_data
-        self.sampler = sampler
-        self.eval_data = eval_data
+        self.task = task
         self.ctx = ctx
         self.checkpoint_dir = checkpoint_dir
         self.reporter = reporter
         self.stop = stop
-        self.state = TrainState(model, optimizer, lr_schedule)
+        # A job may checkpoint less than everything (LoRA: only the trainable adapters).
+        self.state = state or TrainState(model, optimizer, lr_schedule)
 
     def restore(self, path: Path) -> int:
         """Load the checkpoint at ``path``; returns the step it was taken after."""
@@ -115,23 +116,24 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.ctx.device.type, dtype=dtype)
 
+    def _to_device(self, batch: Batch) -> Batch:
+        return {name: tensor.to(self.ctx.device, non_blocking=True)
+                for name, tensor in batch.items()}
+
     def train_step(self, step: int) -> tuple[StepMetrics, bool]:
         """One optimizer step; returns its metrics and whether the gang agreed to stop."""
         config, timer = self.config, StepTimer()
         # 1. Fetch this rank's micro-batches.
         with timer.phase("data"):
-            micro_batches = []
-            for ids in self.sampler.micro_batches(step, config.dp_rank):
-                inputs, targets = self.train_data.batch(ids)
-                micro_batches.append((inputs.to(self.ctx.device, non_blocking=True),
-                                      targets.to(self.ctx.device, non_blocking=True)))
+            micro_batches = [self._to_device(batch)
+                             for batch in self.task.train_micro_batches(step, config.dp_rank)]
         # 2. Forward and backward; only the last micro-batch's backward all-reduces gradients.
         with timer.phase("compute"):
             loss_sum = torch.zeros((), device=self.ctx.device)
-            for index, (inputs, targets) in enumerate(micro_batches):
+            for index, batch in enumerate(micro_batches):
                 with gradient_sync(self.model, enabled=index == len(micro_batches) - 1):
                     with self._autocast():
-                        loss = causal_lm_loss(self.model, inputs, targets)
+                        loss = self.task.loss(self.model, batch)
                     # Dividing here makes the accumulated gradient the mean over the step.
                     (loss / config.grad_accum).backward()
                 loss_sum += loss.detach()
@@ -139,8 +141,8 @@ class Trainer:
         with timer.phase("optimizer"):
             grad_norm = None
             if config.grad_clip is not None:
-                grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                           config.grad_clip))
+                # Sharded and tensor-parallel gradients need a norm completed over their mesh.
+                grad_norm = clip_grad_norm_(self.model.parameters(), config.grad_clip)
             lr = float(self.optimizer.param_groups[0]["lr"])
             self.optimizer.step()
             self.lr_schedule.step()
@@ -156,24 +158,23 @@ class Trainer:
         return metrics, stop_votes > 0
 
     @torch.no_grad()
-    def evaluate(self) -> float | None:
-        """Mean eval loss over ``eval_batches`` batches per rank, averaged over all ranks."""
-        if self.eval_data is None or self.config.eval_batches == 0:
+    def evaluate(self) -> dict[str, float] | None:
+        """The task's eval metrics (``eval_loss`` ...) over every rank's held-out batches."""
+        batches = self.task.eval_micro_batches(self.config.dp_rank)
+        # Every rank gets the same number of batches (Task contract), so all agree on skipping.
+        if not batches:
             return None
         self.model.eval()
-        batches = eval_micro_batches(len(self.eval_data), self.config.eval_batches,
-                                     self.config.micro_batch, self.config.dp_rank,
-                                     self.config.dp_size)
-        loss_sum = 0.0
-        for ids in batches:
-            inputs, targets = self.eval_data.batch(ids)
+        sums: dict[str, float] = {}
+        for batch in batches:
             with self._autocast():
-                loss = causal_lm_loss(self.model, inputs.to(self.ctx.device),
-                                      targets.to(self.ctx.device))
-            loss_sum += float(loss)
+                batch_sums = self.task.eval_sums(self.model, self._to_device(batch))
+            for name, value in batch_sums.items():
+                sums[name] = sums.get(name, 0.0) + value
         self.model.train()
-        total, count = self.ctx.all_reduce_sum([loss_sum, float(len(batches))])
-        return total / count
+        names = sorted(sums)  # the same order on every rank, for one collective
+        totals = self.ctx.all_reduce_sum([sums[name] for name in names])
+        return self.task.eval_metrics(dict(zip(names, totals, strict=True)))
 
     def save(self, step: int, loss: float | None) -> Path:
         """Checkpoint after ``step`` on all ranks and report it."""
@@ -198,6 +199,10 @@ class Trainer:
         self.model.train()
         self.reporter.emit("start", step=start_step, total_steps=config.total_steps,
                            tokens_per_step=config.tokens_per_step)
+        if config.eval_at_start and start_step == 0:
+            before = self.evaluate()
+            if before is not None:
+                self.reporter.emit("eval", step=0, **before)
         loss: float | None = None
         last_saved: Path | None = None
         saved_step: int | None = None
@@ -206,7 +211,10 @@ class Trainer:
             metrics, stop_agreed = self.train_step(step)
             loss = metrics.loss
             # 5. Report the step.
-            self.reporter.emit("step", **metrics.as_event(), **self._memory_fields())
+            utilization = (config.utilization.event_fields(metrics.tokens_per_s)
+                           if config.utilization else {})
+            self.reporter.emit("step", **metrics.as_event(), **self._memory_fields(),
+                               **utilization)
             if step % config.log_every_steps == 0 or step == 1:
                 logger.info("step %d/%d loss %.4f lr %.2e %.0f tok/s phases_s %s", step,
                             config.total_steps, loss, metrics.lr, metrics.tokens_per_s,
@@ -220,10 +228,11 @@ class Trainer:
                     last_saved = self.save(step, loss)
                 self.reporter.emit("preempted", step=step, path=str(last_saved))
                 return TrainResult("preempted", step, loss, None, last_saved)
-        eval_loss = self.evaluate()
+        metrics = self.evaluate()
+        eval_loss = metrics.get("eval_loss") if metrics else None
         end_step = max(start_step, config.total_steps)
-        if eval_loss is not None:
-            self.reporter.emit("eval", step=end_step, eval_loss=eval_loss)
-        self.reporter.emit("done", step=end_step, loss=loss, eval_loss=eval_loss,
+        if metrics is not None:
+            self.reporter.emit("eval", step=end_step, **metrics)
+        self.reporter.emit("done", step=end_step, loss=loss, **(metrics or {"eval_loss": None}),
                            **self._memory_fields())
-        return TrainResult("done", end_step, loss, eval_loss, last_saved)
+        return TrainResult("done", end_step, loss, eval_loss, last_saved, metrics)

@@ -1,4 +1,8 @@
-"""Pretraining: a causal LM from scratch (or from weights) on a text corpus, next-token loss."""
+"""Pretraining: a causal LM from scratch (or from weights) on a text corpus, next-token loss.
+
+A finished job also writes ``run_dir/export/`` (transformers weights and tokenizer), the folder
+a finetune job starts from (see :mod:`workers.core.export`).
+"""
 
 from __future__ import annotations
 
@@ -11,21 +15,24 @@ from scheduler.domain.errors import PlanError
 from scheduler.domain.plan import Plan
 from scheduler.domain.spec import JobSpec
 from workers.core.corpus import load_documents
-from workers.core.data import BatchLayout, StepSampler, split_windows, token_stream
+from workers.core.data import BatchLayout, split_windows, token_stream
 from workers.core.distributed import DistContext
+from workers.core.export import export_model
 from workers.core.model import build_model, parameter_count
 from workers.core.optim import build_lr_schedule, build_optimizer
 from workers.core.parallelize import check_plan, compute_dtype, parallelize
 from workers.core.preemption import StopRequest
 from workers.core.progress import ProgressReporter
+from workers.core.tasks import CausalLMTask
 from workers.core.tokenizer import build_tokenizer
 from workers.core.trainer import Trainer, TrainerConfig, TrainResult
+from workers.core.utilization import build_utilization
 from workers.protocol import JobFile
 
 logger = logging.getLogger(__name__)
 
 
-def _check_batch(spec: JobSpec, plan: Plan) -> None:
+def check_batch(spec: JobSpec, plan: Plan) -> None:
     """The plan must realise exactly the global batch the spec asks for."""
     if plan.global_batch != spec.batch.global_batch:
         raise PlanError(
@@ -39,18 +46,18 @@ def build_trainer(job: JobFile, spec: JobSpec, plan: Plan, ctx: DistContext,
     """Everything a pretraining rank needs, built in dependency order."""
     # 1. Check the plan against the real gang before building anything.
     dims = check_plan(plan, ctx.world_size)
-    _check_batch(spec, plan)
+    check_batch(spec, plan)
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    # 2. Data: documents, tokenizer (rank 0 trains BPE once), packed windows, sampler.
+    # 2. Data: documents, tokenizer (rank 0 trains BPE once), packed windows, the task.
     documents = load_documents(spec.data, spec.seed)
     tokenizer = build_tokenizer(spec.tokenizer, run_dir, documents, ctx.is_rank_zero, ctx.barrier)
     tokens = token_stream(documents, tokenizer)
     train_data, eval_data = split_windows(tokens, spec.data.seq_len, spec.data.eval_fraction)
     layout = BatchLayout(dp_size=dims.dp, grad_accum=plan.grad_accum,
                          micro_batch=plan.micro_batch)
-    sampler = StepSampler(len(train_data), spec.seed, layout)
+    task = CausalLMTask(train_data, eval_data, spec.seed, layout, spec.work.eval_batches)
 
     # 3. Model, then parallelism.
     base_model = build_model(spec.model, tokenizer, spec.seed)
@@ -71,18 +78,31 @@ def build_trainer(job: JobFile, spec: JobSpec, plan: Plan, ctx: DistContext,
         dp_size=dims.dp, dp_rank=dims.dp_rank(ctx.rank), seq_len=spec.data.seq_len,
         grad_clip=spec.optimizer.grad_clip,
         checkpoint_interval_steps=spec.checkpoint.interval_steps,
-        checkpoint_keep=spec.checkpoint.keep, eval_batches=spec.work.eval_batches,
+        checkpoint_keep=spec.checkpoint.keep,
         compute_dtype=compute_dtype(plan.precision, ctx.device),
         log_every_steps=max(1, total_steps // 20),
+        utilization=build_utilization(base_model.config.to_dict(), spec.data.seq_len, ctx),
     )
     reporter = ProgressReporter(job.progress_path, job.attempt, enabled=ctx.is_rank_zero)
-    return Trainer(config, model, optimizer, lr_schedule, train_data, sampler, eval_data, ctx,
-                   job.checkpoint_dir, reporter, stop)
+    return Trainer(config, model, optimizer, lr_schedule, task, ctx, job.checkpoint_dir,
+                   reporter, stop)
+
+
+def tokenizer_source(spec: JobSpec, run_dir: Path) -> Path | None:
+    """The transformers tokenizer folder of a pretrain job; None for the byte tokenizer."""
+    if spec.tokenizer.kind == "bpe":
+        return run_dir / "tokenizer"
+    if spec.tokenizer.kind == "path":
+        return Path(spec.tokenizer.path) if spec.tokenizer.path else None
+    return None
 
 
 def run_pretrain(job: JobFile, spec: JobSpec, plan: Plan, ctx: DistContext,
                  stop: StopRequest) -> TrainResult:
-    """Build the trainer, resume if the job file says so, and train to the end or a stop."""
+    """Build the trainer, resume if the job file says so, train, and export when done."""
     trainer = build_trainer(job, spec, plan, ctx, stop)
     start_step = trainer.restore(Path(job.resume_from)) if job.resume_from else 0
-    return trainer.run(start_step)
+    result = trainer.run(start_step)
+    if result.outcome == "done":
+        export_model(trainer.model, job.export_dir, tokenizer_source(spec, Path(job.run_dir)), ctx)
+    return result

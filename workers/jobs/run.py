@@ -36,9 +36,17 @@ def runner_for(kind: JobKind) -> JobRunner:
         from workers.jobs.pretrain import run_pretrain
 
         return run_pretrain
+    if kind is JobKind.FINETUNE:
+        from workers.jobs.finetune import run_finetune
+
+        return run_finetune
+    if kind is JobKind.COMPRESS:
+        from workers.jobs.compress import run_compress
+
+        return run_compress
     raise JobKindNotImplementedError(
         f"job kind {kind.value} is not implemented in the training ranks yet; "
-        f"only {JobKind.PRETRAIN.value} runs today"
+        f"{', '.join(kind.value for kind in JobKind)} run today"
     )
 
 
