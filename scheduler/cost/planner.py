@@ -48,6 +48,12 @@ class ModelProfile:
     flops_per_token: float
     """Training FLOPs per token (forward + backward), without recomputation."""
     trainable_params: float | None = None
+    recompute_flops_per_token: float | None = None
+    """The same with full activation recomputation (one more forward of the blocks)."""
+    kv_heads: int | None = None
+    intermediate: int | None = None
+    tensor_parallel: bool = True
+    """Whether the trainer can shard this architecture with tensor parallelism."""
 
 
 def model_profile(config: Mapping[str, Any], seq_len: int,
@@ -60,6 +66,10 @@ def model_profile(config: Mapping[str, Any], seq_len: int,
         layers=shape.num_layers, hidden=shape.hidden_size, heads=shape.num_heads,
         vocab=shape.vocab_size, flops_per_token=training_flops_per_token(shape, seq_len),
         trainable_params=trainable_params,
+        recompute_flops_per_token=training_flops_per_token(shape, seq_len, recompute=True),
+        kv_heads=shape.num_kv_heads, intermediate=shape.intermediate_size,
+        # workers.core.tensor_parallel shards Llama-style (gated-MLP) blocks only.
+        tensor_parallel=shape.gated_mlp,
     )
 
 
@@ -150,6 +160,12 @@ def _gang_sizes(request: PlanRequest, pool: PoolOption) -> list[int]:
     return [n for n in sizes if request.global_batch % n == 0]
 
 
+def _tp_divides(profile: ModelProfile, tp: int) -> bool:
+    """Tensor parallelism needs a supported architecture and sizes that split evenly."""
+    sizes = [profile.heads, profile.kv_heads or profile.heads, profile.intermediate or tp]
+    return profile.tensor_parallel and all(size % tp == 0 for size in sizes)
+
+
 def _layouts(request: PlanRequest, pool: PoolOption, world: int) -> Iterable[Plan]:
     precision = request.precision
     layouts: list[tuple[Strategy, int, int, int]] = []  # strategy, dp_replicate, dp_shard, tp
@@ -160,7 +176,7 @@ def _layouts(request: PlanRequest, pool: PoolOption, world: int) -> Iterable[Pla
                     (Strategy.FSDP_GRAD_OP, 1, world, 1)]
         tp = 2
         while tp <= min(world, pool.devices_per_node):
-            if request.profile.heads % tp == 0 and world % tp == 0:
+            if _tp_divides(request.profile, tp) and world % tp == 0:
                 layouts.append((Strategy.TP, world // tp, 1, tp))
             tp *= 2
     for strategy, replicate, shard, tp in layouts:
@@ -193,7 +209,10 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
                            recompute)
     limit = acc.memory_bytes * MEMORY_HEADROOM
     tokens_per_device = request.global_batch * request.seq_len / plan.world_size
-    flops = profile.flops_per_token * tokens_per_device * (8 / 6 if recompute == "full" else 1)
+    per_token = profile.flops_per_token
+    if recompute == "full":
+        per_token = profile.recompute_flops_per_token or per_token * 8 / 6
+    flops = per_token * tokens_per_device
     bytes_per_value = 2 if precision == "bf16_mixed" else 4
     multi_node = plan.nodes > 1
     timing = step_time(

@@ -81,3 +81,19 @@ def test_every_plan_is_valid_for_its_world_size() -> None:
     for candidate in report.ranked + report.rejected:
         candidate.plan.validate()
         assert candidate.plan.global_batch == 64
+
+
+def test_tensor_parallel_is_only_offered_where_the_trainer_can_run_it() -> None:
+    from scheduler.cost.planner import model_profile
+
+    gpt2 = model_profile({"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12,
+                          "vocab_size": 50257, "n_positions": 1024}, seq_len=1024)
+    llama = model_profile({"model_type": "llama", "vocab_size": 32000, "hidden_size": 2048,
+                           "num_hidden_layers": 16, "num_attention_heads": 16,
+                           "num_key_value_heads": 4, "intermediate_size": 5632}, seq_len=1024)
+    for profile, tp_allowed in ((gpt2, set()), (llama, {2, 4})):
+        report = plan_job(request(profile=profile, seq_len=1024, devices=8), [H100])
+        offered = {c.plan.tp for c in report.ranked + report.rejected if c.plan.tp > 1}
+        assert offered == tp_allowed  # llama: kv heads 4 rule out tp 8
+    assert llama.recompute_flops_per_token is not None
+    assert llama.flops_per_token < llama.recompute_flops_per_token < llama.flops_per_token * 8 / 6
