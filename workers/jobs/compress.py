@@ -55,13 +55,13 @@ from workers.core.export import export_model
 from workers.core.metrics import StepTimer
 from workers.core.model import build_model, parameter_count
 from workers.core.optim import build_lr_schedule, build_optimizer
-from workers.core.parallelize import check_plan, compute_dtype, parallelize
+from workers.core.parallelize import check_plan, parallelize
 from workers.core.preemption import StopRequest
 from workers.core.progress import ProgressReporter
 from workers.core.tasks import Batch, CausalLMTask
 from workers.core.tokenizer import ByteTokenizer, PretrainedTokenizer, TextTokenizer
-from workers.core.trainer import Trainer, TrainerConfig, TrainResult
-from workers.jobs.pretrain import check_batch
+from workers.core.trainer import Trainer, TrainResult
+from workers.jobs.pretrain import check_batch, trainer_config
 from workers.protocol import JobFile
 
 logger = logging.getLogger(__name__)
@@ -243,15 +243,7 @@ def build_distill_trainer(job: JobFile, spec: JobSpec, plan: Plan, ctx: DistCont
     total_steps = spec.total_steps()
     optimizer = build_optimizer(model, spec.optimizer)
     lr_schedule = build_lr_schedule(optimizer, spec.optimizer, total_steps)
-    config = TrainerConfig(
-        total_steps=total_steps, micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
-        dp_size=dims.dp, dp_rank=dims.dp_rank(ctx.rank), seq_len=spec.data.seq_len,
-        grad_clip=spec.optimizer.grad_clip,
-        checkpoint_interval_steps=spec.checkpoint.interval_steps,
-        checkpoint_keep=spec.checkpoint.keep,
-        compute_dtype=compute_dtype(plan.precision, ctx.device),
-        log_every_steps=max(1, total_steps // 20),
-    )
+    config = trainer_config(spec, plan, dims, ctx)
     reporter = ProgressReporter(job.progress_path, job.attempt, enabled=ctx.is_rank_zero)
     trainer = Trainer(config, model, optimizer, lr_schedule, task, ctx, job.checkpoint_dir,
                       reporter, stop)

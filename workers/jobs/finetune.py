@@ -48,13 +48,13 @@ from workers.core.lora import (
 )
 from workers.core.model import build_model
 from workers.core.optim import build_lr_schedule, build_optimizer
-from workers.core.parallelize import ParallelDims, check_plan, compute_dtype, parallelize
+from workers.core.parallelize import ParallelDims, check_plan, parallelize
 from workers.core.preemption import StopRequest
 from workers.core.progress import ProgressReporter
 from workers.core.tasks import Task
 from workers.core.tokenizer import ByteTokenizer, PretrainedTokenizer, TextTokenizer
-from workers.core.trainer import Trainer, TrainerConfig, TrainResult
-from workers.jobs.pretrain import check_batch
+from workers.core.trainer import Trainer, TrainResult
+from workers.jobs.pretrain import check_batch, trainer_config
 from workers.protocol import JobFile
 
 logger = logging.getLogger(__name__)
@@ -173,15 +173,7 @@ def build_trainer(job: JobFile, spec: JobSpec, plan: Plan, ctx: DistContext,
     lr_schedule = build_lr_schedule(optimizer, spec.optimizer, total_steps)
     state = TrainState(model, optimizer, lr_schedule, trainable_only=finetune.method == "lora")
 
-    config = TrainerConfig(
-        total_steps=total_steps, micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
-        dp_size=dims.dp, dp_rank=dims.dp_rank(ctx.rank), seq_len=spec.data.seq_len,
-        grad_clip=spec.optimizer.grad_clip,
-        checkpoint_interval_steps=spec.checkpoint.interval_steps,
-        checkpoint_keep=spec.checkpoint.keep,
-        compute_dtype=compute_dtype(plan.precision, ctx.device),
-        log_every_steps=max(1, total_steps // 20), eval_at_start=True,
-    )
+    config = trainer_config(spec, plan, dims, ctx, eval_at_start=True)
     reporter = ProgressReporter(job.progress_path, job.attempt, enabled=ctx.is_rank_zero)
     trainer = Trainer(config, model, optimizer, lr_schedule, task, ctx, job.checkpoint_dir,
                       reporter, stop, state=state)

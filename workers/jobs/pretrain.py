@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,7 +21,7 @@ from workers.core.distributed import DistContext
 from workers.core.export import export_model
 from workers.core.model import build_model, parameter_count
 from workers.core.optim import build_lr_schedule, build_optimizer
-from workers.core.parallelize import check_plan, compute_dtype, parallelize
+from workers.core.parallelize import ParallelDims, check_plan, compute_dtype, parallelize
 from workers.core.preemption import StopRequest
 from workers.core.progress import ProgressReporter
 from workers.core.tasks import CausalLMTask
@@ -39,6 +40,23 @@ def check_batch(spec: JobSpec, plan: Plan) -> None:
             f"micro_batch × grad_accum × dp = {plan.micro_batch} × {plan.grad_accum} × "
             f"{plan.dp} = {plan.global_batch} ≠ batch.global_batch {spec.batch.global_batch}"
         )
+
+
+def trainer_config(spec: JobSpec, plan: Plan, dims: ParallelDims, ctx: DistContext,
+                   **extra: Any) -> TrainerConfig:
+    """The loop's settings every job kind shares, from the spec and the plan; ``extra`` sets
+    the kind-specific ones (``eval_at_start``, ``utilization``)."""
+    total_steps = spec.total_steps()
+    return TrainerConfig(
+        total_steps=total_steps, micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
+        dp_size=dims.dp, dp_rank=dims.dp_rank(ctx.rank), seq_len=spec.data.seq_len,
+        grad_clip=spec.optimizer.grad_clip,
+        checkpoint_interval_steps=spec.checkpoint.interval_steps,
+        checkpoint_keep=spec.checkpoint.keep,
+        compute_dtype=compute_dtype(plan.precision, ctx.device),
+        log_every_steps=max(1, total_steps // 20),
+        **extra,
+    )
 
 
 def build_trainer(job: JobFile, spec: JobSpec, plan: Plan, ctx: DistContext,
@@ -73,14 +91,8 @@ def build_trainer(job: JobFile, spec: JobSpec, plan: Plan, ctx: DistContext,
     optimizer = build_optimizer(model, spec.optimizer)
     lr_schedule = build_lr_schedule(optimizer, spec.optimizer, total_steps)
 
-    config = TrainerConfig(
-        total_steps=total_steps, micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
-        dp_size=dims.dp, dp_rank=dims.dp_rank(ctx.rank), seq_len=spec.data.seq_len,
-        grad_clip=spec.optimizer.grad_clip,
-        checkpoint_interval_steps=spec.checkpoint.interval_steps,
-        checkpoint_keep=spec.checkpoint.keep,
-        compute_dtype=compute_dtype(plan.precision, ctx.device),
-        log_every_steps=max(1, total_steps // 20),
+    config = trainer_config(
+        spec, plan, dims, ctx,
         utilization=build_utilization(base_model.config.to_dict(), spec.data.seq_len, ctx),
     )
     reporter = ProgressReporter(job.progress_path, job.attempt, enabled=ctx.is_rank_zero)
