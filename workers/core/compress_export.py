@@ -30,7 +30,7 @@ from workers.core.compress_quantize import (
     load_quantized_state,
     quantized_state_dict,
 )
-from workers.core.export import save_tokenizer
+from workers.core.export import publish_folder, save_tokenizer
 
 COMPRESSION_FILE = "compression.json"
 QUANTIZED_WEIGHTS_FILE = "quantized.safetensors"
@@ -53,14 +53,7 @@ def write_compression_info(directory: Path, info: dict[str, Any]) -> None:
 def _publish(staging: Path, directory: Path, info: dict[str, Any]) -> Path:
     """Write ``compression.json`` into ``staging`` and rename it to ``directory``."""
     write_compression_info(staging, info)
-    if directory.exists():
-        # A retry compressed again; the old folder loses its final name before it is deleted.
-        superseded = directory.with_name(f"{directory.name}.superseded")
-        shutil.rmtree(superseded, ignore_errors=True)
-        os.replace(directory, superseded)
-        shutil.rmtree(superseded, ignore_errors=True)
-    os.replace(staging, directory)
-    return directory
+    return publish_folder(staging, directory)
 
 
 def save_compressed_model(model: PreTrainedModel, directory: Path,

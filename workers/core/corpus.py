@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from scheduler.domain.errors import SpecError
 from scheduler.domain.spec import DataSpec
@@ -127,24 +129,29 @@ def read_text_file(path: Path) -> list[str]:
     return [part.strip() for part in re.split(r"\n\s*\n", text) if part.strip()]
 
 
-def read_jsonl_file(path: Path, text_field: str) -> list[str]:
-    """A ``.jsonl`` file as documents: the ``text_field`` string of every line's object."""
-    documents = []
+def jsonl_objects(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for every non-blank line; errors name the file and line."""
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield line_number, json.loads(line)
             except json.JSONDecodeError as err:
                 raise SpecError(f"{path}:{line_number}: not valid JSON ({err.msg})") from None
-            value = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(value, str):
-                raise SpecError(
-                    f"{path}:{line_number}: no string field {text_field!r}; set data.text_field "
-                    f"to the field that holds the text"
-                )
-            documents.append(value)
+
+
+def read_jsonl_file(path: Path, text_field: str) -> list[str]:
+    """A ``.jsonl`` file as documents: the ``text_field`` string of every line's object."""
+    documents = []
+    for line_number, record in jsonl_objects(path):
+        value = record.get(text_field) if isinstance(record, dict) else None
+        if not isinstance(value, str):
+            raise SpecError(
+                f"{path}:{line_number}: no string field {text_field!r}; set data.text_field "
+                f"to the field that holds the text"
+            )
+        documents.append(value)
     return documents
 
 

@@ -71,8 +71,15 @@ def save_pretrained_folder(model: PreTrainedModel, directory: Path,
     if not save_tokenizer(tokenizer_source, staging):
         logger.warning("export %s has no tokenizer files (byte-level tokenizer); load it with "
                        "tokenizer kind byte", directory)
+    return publish_folder(staging, directory)
+
+
+def publish_folder(staging: Path, directory: Path) -> Path:
+    """Give a fully written ``staging`` folder the final name ``directory``.
+
+    A retry that writes the folder again first takes the old one's final name away, then
+    deletes it, so a reader never sees a half-replaced folder under the final name."""
     if directory.exists():
-        # A retry re-exported; the old folder loses its final name before it is deleted.
         superseded = directory.with_name(f"{directory.name}.superseded")
         shutil.rmtree(superseded, ignore_errors=True)
         os.replace(directory, superseded)

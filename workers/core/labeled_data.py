@@ -19,7 +19,6 @@ seed, so two runs of a job compare on the same examples) is held out; the rest t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from scheduler.domain.errors import SpecError
 from scheduler.domain.finetune_spec import FinetuneSpec
 from scheduler.domain.spec import DataSpec
+from workers.core.corpus import jsonl_objects
 from workers.core.labeled_corpus import question_records, topic_records
 from workers.core.tasks import Batch
 from workers.core.tokenizer import TextTokenizer
@@ -62,17 +62,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     if path.suffix != ".jsonl":
         raise SpecError(f"data.path: finetune data must be a .jsonl file, got {path.name}")
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SpecError(f"{path}:{line_number}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise SpecError(f"{path}:{line_number}: expected a JSON object per line")
-            records.append(record)
+    for line_number, record in jsonl_objects(path):
+        if not isinstance(record, dict):
+            raise SpecError(f"{path}:{line_number}: expected a JSON object per line")
+        records.append(record)
     if not records:
         raise SpecError(f"data.path: {path} holds no records")
     return records
