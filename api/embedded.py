@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from scheduler.db import repo
 from scheduler.db.migrate import current_revision, head_revision, upgrade
@@ -49,17 +50,36 @@ def prepare_database(db: Database) -> None:
 
 
 def ensure_local_pool(db: Database, backend: LocalBackend) -> None:
+    """Register this machine as the ``local`` pool once; a CPU pool measures its peak once.
+
+    The cost model plans CPU jobs against the measured per-device peak, not a catalog figure
+    (there is none for "this machine's share of cores"); a pool made before the measurement
+    existed gets it on the next start."""
+    with db.read() as session:
+        pool = repo.get_pool(session, LOCAL_POOL)
+        missing, needs_peak = pool is None, pool is not None and (
+            pool.accelerator == "cpu" and pool.peak_flops is None)
+        devices = pool.devices_per_node if pool is not None else 0
+    if not (missing or needs_peak):
+        return
+    accelerator = "cpu"
+    if missing:
+        accelerator, devices = local_devices(backend)
+    peak = backend.cpu_device_peak_flops(devices) if accelerator == "cpu" else None
     with db.write() as session:
-        if repo.get_pool(session, LOCAL_POOL) is None:
-            accelerator, count = local_devices(backend)
+        pool = repo.get_pool(session, LOCAL_POOL)
+        if pool is None:
             repo.add_pool(session, LOCAL_POOL, backend="local", accelerator=accelerator,
-                          nodes=1, devices_per_node=count,
-                          interconnect="loopback", node_names=[socket.gethostname()])
+                          nodes=1, devices_per_node=devices, interconnect="loopback",
+                          node_names=[socket.gethostname()], peak_flops=peak)
+        elif pool.peak_flops is None:
+            pool.peak_flops = peak
 
 
 def open_embedded(url: str | None = None, home: Path | None = None,
                   grace_s: float = DEFAULT_GRACE_S,
-                  extra_backends: dict[str, Backend] | None = None) -> SchedulerService:
+                  extra_backends: dict[str, Backend] | None = None,
+                  **policies: Any) -> SchedulerService:
     """A ready service over the embedded database with the local pool registered."""
     home = home or corral_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -69,4 +89,4 @@ def open_embedded(url: str | None = None, home: Path | None = None,
     local = LocalBackend()
     ensure_local_pool(db, local)
     backends: dict[str, Backend] = {"local": local, **(extra_backends or {})}
-    return SchedulerService(db, backends, runs_dir=home / "runs", grace_s=grace_s)
+    return SchedulerService(db, backends, runs_dir=home / "runs", grace_s=grace_s, **policies)

@@ -1,7 +1,10 @@
 """Closed-form memory vs the exact fake-tensor trace over many configurations.
 
 Both are fp32, one device, AdamW (foreach), no sharding: the exact mode traces what the CPU
-trainer would allocate. Prints one row per configuration and the mean / max absolute error.
+trainer would allocate. Full training over 5 Llama and GPT-2 models × sequence 128/512 ×
+micro-batch 1/4/8, then LoRA (peft: frozen base, adapters on q/v at rank 8 or on every linear
+layer at rank 16, one case with adapter dropout). Prints one row per configuration and the mean
+/ max absolute error, overall and for each part.
 
     .venv/bin/python bench/cost_memory.py
 """
@@ -10,55 +13,156 @@ from __future__ import annotations
 
 import itertools
 import statistics
+import warnings
 from typing import Any
 
-from scheduler.cost.exact import traced_peak
+from scheduler.cost.exact import LoraSetting, traced_peak
 from scheduler.cost.flops import TransformerShape
-from scheduler.cost.memory import StepShape, estimate_peak, stores_attention_scores
+from scheduler.cost.memory import Adapters, StepShape, estimate_peak, stores_attention_scores
+
+LLAMA_SMALL = {
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 344,
+    "vocab_size": 2048,
+}
+LLAMA_MEDIUM = {
+    "hidden_size": 256,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "intermediate_size": 688,
+    "vocab_size": 8000,
+}
+LLAMA_LARGE = {
+    "hidden_size": 512,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "intermediate_size": 1376,
+    "vocab_size": 32000,
+}
+GPT2_SMALL = {"n_embd": 256, "n_layer": 4, "n_head": 4, "vocab_size": 4096, "n_positions": 1024}
+GPT2_MEDIUM = {"n_embd": 384, "n_layer": 6, "n_head": 6, "vocab_size": 8192, "n_positions": 1024}
 
 MODELS: list[tuple[str, dict[str, Any]]] = [
-    ("llama", {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-               "num_key_value_heads": 2, "intermediate_size": 344, "vocab_size": 2048}),
-    ("llama", {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8,
-               "num_key_value_heads": 8, "intermediate_size": 688, "vocab_size": 8000}),
-    ("llama", {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8,
-               "num_key_value_heads": 4, "intermediate_size": 1376, "vocab_size": 32000}),
-    ("gpt2", {"n_embd": 256, "n_layer": 4, "n_head": 4, "vocab_size": 4096, "n_positions": 1024}),
-    ("gpt2", {"n_embd": 384, "n_layer": 6, "n_head": 6, "vocab_size": 8192, "n_positions": 1024}),
+    ("llama", LLAMA_SMALL),
+    ("llama", LLAMA_MEDIUM),
+    ("llama", LLAMA_LARGE),
+    ("gpt2", GPT2_SMALL),
+    ("gpt2", GPT2_MEDIUM),
 ]
 SEQ_LENS = [128, 512]
 MICRO_BATCHES = [1, 4, 8]
 
+QV_R8 = LoraSetting(rank=8, target_modules=("q_proj", "v_proj"))
+ALL_R16 = LoraSetting(rank=16, target_modules="all-linear")
+LORA_MODELS: list[tuple[str, dict[str, Any], LoraSetting]] = [
+    ("llama", LLAMA_SMALL, QV_R8),
+    ("llama", LLAMA_SMALL, ALL_R16),
+    ("llama", LLAMA_MEDIUM, QV_R8),
+    ("llama", LLAMA_MEDIUM, ALL_R16),
+    ("llama", LLAMA_MEDIUM, LoraSetting(rank=8, target_modules=("q_proj", "v_proj"), dropout=0.05)),
+    ("llama", LLAMA_LARGE, QV_R8),
+    ("llama", LLAMA_LARGE, ALL_R16),
+    ("gpt2", GPT2_MEDIUM, LoraSetting(rank=8, target_modules=("c_attn",))),
+]
+LORA_BATCHES = [(128, 4), (512, 1), (512, 8)]
+"""(sequence, micro-batch) pairs of the LoRA rows: small, long-and-thin, large."""
 
-def closed_form(architecture: str, config: dict[str, Any], seq_len: int, micro_batch: int) -> float:
+
+def closed_form(
+    architecture: str,
+    config: dict[str, Any],
+    seq_len: int,
+    micro_batch: int,
+    lora: LoraSetting | None = None,
+) -> float:
     from transformers import AutoConfig
 
     full = AutoConfig.for_model(architecture, **config).to_dict()
     shape = TransformerShape.from_config(full)
-    step = StepShape(params=shape.parameter_count(), layers=shape.num_layers,
-                     hidden=shape.hidden_size, heads=shape.num_heads, vocab=shape.vocab_size,
-                     seq_len=seq_len, micro_batch=micro_batch,
-                     layer_params=shape.layer_matmul_parameters / shape.num_layers)
-    return estimate_peak(step, "ddp", 1, precision="fp32",
-                         attention_scores_stored=stores_attention_scores(full)).total_bytes
+    params = shape.parameter_count()
+    trainable, adapters = None, None
+    if lora is not None:
+        trainable = shape.lora_parameter_count(lora.target_modules, lora.rank)
+        params += trainable
+        adapters = Adapters.lora(shape, lora.target_modules, lora.dropout)
+    step = StepShape(
+        params=params,
+        layers=shape.num_layers,
+        hidden=shape.hidden_size,
+        heads=shape.num_heads,
+        vocab=shape.vocab_size,
+        seq_len=seq_len,
+        micro_batch=micro_batch,
+        layer_params=shape.layer_matmul_parameters / shape.num_layers,
+        trainable_params=trainable,
+        adapters=adapters,
+    )
+    return estimate_peak(
+        step, "ddp", 1, precision="fp32", attention_scores_stored=stores_attention_scores(full)
+    ).total_bytes
+
+
+def lora_label(lora: LoraSetting | None) -> str:
+    if lora is None:
+        return "-"
+    targets = lora.target_modules
+    names = (
+        targets
+        if isinstance(targets, str)
+        else "/".join(name.removesuffix("_proj") for name in targets or ("default",))
+    )
+    return f"{names} r{lora.rank}" + (f" drop{lora.dropout:g}" if lora.dropout else "")
 
 
 def main() -> None:
-    errors = []
-    print(f"{'model':>6} {'hidden':>6} {'layers':>6} {'seq':>5} {'mb':>3} "
-          f"{'closed MiB':>10} {'exact MiB':>10} {'error':>7}")
-    for (architecture, config), seq_len, micro_batch in itertools.product(
-            MODELS, SEQ_LENS, MICRO_BATCHES):
-        exact = traced_peak(architecture, config, seq_len, micro_batch).total_bytes
-        closed = closed_form(architecture, config, seq_len, micro_batch)
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renames, via peft
+    transformers.logging.set_verbosity_error()
+    cases: list[tuple[str, dict[str, Any], int, int, LoraSetting | None]] = [
+        (architecture, config, seq_len, micro_batch, None)
+        for (architecture, config), seq_len, micro_batch in itertools.product(
+            MODELS, SEQ_LENS, MICRO_BATCHES
+        )
+    ] + [
+        (architecture, config, seq_len, micro_batch, lora)
+        for (architecture, config, lora), (seq_len, micro_batch) in itertools.product(
+            LORA_MODELS, LORA_BATCHES
+        )
+    ]
+    errors: dict[str, list[float]] = {"full": [], "lora": []}
+    print(
+        f"{'model':>6} {'hidden':>6} {'layers':>6} {'seq':>5} {'mb':>3} {'lora':>18} "
+        f"{'closed MiB':>10} {'exact MiB':>10} {'error':>7}"
+    )
+    for architecture, config, seq_len, micro_batch, lora in cases:
+        exact = traced_peak(architecture, config, seq_len, micro_batch, lora=lora).total_bytes
+        closed = closed_form(architecture, config, seq_len, micro_batch, lora)
         error = closed / exact - 1
-        errors.append(abs(error))
+        errors["full" if lora is None else "lora"].append(abs(error))
         hidden = config.get("hidden_size", config.get("n_embd"))
         layers = config.get("num_hidden_layers", config.get("n_layer"))
-        print(f"{architecture:>6} {hidden:>6} {layers:>6} {seq_len:>5} {micro_batch:>3} "
-              f"{closed / 2**20:>10.1f} {exact / 2**20:>10.1f} {error:>+7.1%}")
-    print(f"configurations {len(errors)}, mean |error| {statistics.mean(errors):.1%}, "
-          f"max |error| {max(errors):.1%}")
+        print(
+            f"{architecture:>6} {hidden:>6} {layers:>6} {seq_len:>5} {micro_batch:>3} "
+            f"{lora_label(lora):>18} {closed / 2**20:>10.1f} {exact / 2**20:>10.1f} "
+            f"{error:>+7.1%}",
+            flush=True,
+        )
+    everything = errors["full"] + errors["lora"]
+    for name, values in (
+        ("full training", errors["full"]),
+        ("LoRA", errors["lora"]),
+        ("all", everything),
+    ):
+        print(
+            f"{name:>13}: configurations {len(values)}, mean |error| "
+            f"{statistics.mean(values):.1%}, max |error| {max(values):.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -2,42 +2,62 @@
 
 Reads the pools (a read transaction), turns each matching pool into a planner option with its
 accelerator's catalog figures (the pool's own price wins when it sets one), and runs the pure
-planner. The caller supplies the model's full config dict (``workers.core.model_config``), so
-this module needs no ML framework.
+planner. The caller supplies the planner's view of the model (``workers.core.model_config``
+builds it for every job kind) or a pretraining model's full config dict, so this module needs
+no ML framework.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
-from scheduler.cost.planner import PlanReport, PlanRequest, model_profile, plan_job
+from scheduler.cost.planner import ModelProfile, PlanReport, PlanRequest, model_profile, plan_job
 from scheduler.cycle import pool_option
 from scheduler.db import repo
 from scheduler.db.session import Database
 from scheduler.domain.errors import UnschedulableError
+from scheduler.domain.resources import calibrated_for
 from scheduler.domain.spec import JobSpec
 from scheduler.policies.placement import matching_pools
 
+ModelInput = ModelProfile | Mapping[str, Any]
+"""The planner's view of a job's model, or the model's full transformers config (a pretraining
+job's model as it is: :func:`scheduler.cost.planner.model_profile` makes the view)."""
 
-def plan_request(spec: JobSpec, model_config: Mapping[str, Any]) -> PlanRequest:
-    devices = spec.resources.devices
+
+def as_profile(spec: JobSpec, model: ModelInput) -> ModelProfile:
+    if isinstance(model, ModelProfile):
+        return model
+    return model_profile(model, spec.data.seq_len)
+
+
+def plan_request(spec: JobSpec, model: ModelInput,
+                 now: datetime | None = None) -> PlanRequest:
+    """The planner's request for ``spec``; a deadline counts from ``now`` (a new job)."""
     micro_batch = spec.batch.micro_batch
+    now = now or datetime.now(UTC)
+    deadline = spec.deadline_at(now)
+    objective = "deadline" if deadline else ("budget" if spec.budget_usd else "completion")
     return PlanRequest(
-        profile=model_profile(model_config, spec.data.seq_len),
+        profile=as_profile(spec, model),
         seq_len=spec.data.seq_len, global_batch=spec.batch.global_batch,
         total_steps=spec.total_steps(), precision=spec.precision,
         micro_batch=None if micro_batch == "auto" else micro_batch,
-        devices=None if devices == "auto" else devices,
-        checkpoint_interval_steps=spec.checkpoint.interval_steps,
+        devices=spec.resources.fixed_devices,
+        checkpoint_interval_steps=spec.checkpoint.interval_steps, objective=objective,
+        deadline_s=(deadline - now).total_seconds() if deadline else None,
+        budget_usd=spec.budget_usd,
     )
 
 
-def plan_spec(db: Database, spec: JobSpec, model_config: Mapping[str, Any]) -> PlanReport:
+def plan_spec(db: Database, spec: JobSpec, model: ModelInput) -> PlanReport:
     """Every candidate plan for ``spec`` on this cluster, ranked, with the rejected ones."""
     with db.read() as session:
         pools = repo.load_pool_views(session)
+        calibration = repo.calibration_table(session)
     candidates = matching_pools(pools, spec.resources.pool, spec.resources.accelerator)
     if not candidates:
         raise UnschedulableError(
@@ -49,9 +69,10 @@ def plan_spec(db: Database, spec: JobSpec, model_config: Mapping[str, Any]) -> P
             options.append(pool_option(pool))
         except KeyError as err:
             raise UnschedulableError(f"pool {pool.name}: {err.args[0]}") from None
-    return plan_job(plan_request(spec, model_config), options)
+    return plan_job(plan_request(spec, model), options,
+                    calibrated_for(calibration, spec.kind.value))
 
 
-def profile_fields(spec: JobSpec, model_config: Mapping[str, Any]) -> dict[str, float]:
+def profile_fields(spec: JobSpec, model: ModelInput) -> dict[str, Any]:
     """What the job row stores for the cycle to plan with (ModelProfile's fields)."""
-    return asdict(model_profile(model_config, spec.data.seq_len))
+    return asdict(as_profile(spec, model))

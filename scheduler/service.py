@@ -17,23 +17,28 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from scheduler.cycle import PLANNED_KINDS, Admission, CycleResult, run_cycle
+from scheduler.calibrate import measured_step_time, recalibrate, record_step_time
+from scheduler.cost.hardware import lookup
+from scheduler.cycle import Admission, CycleResult, run_cycle
 from scheduler.db import repo
 from scheduler.db.models import Job, Pool, utcnow
 from scheduler.db.session import Database
+from scheduler.db.snapshot import policy_config, snapshot
 from scheduler.domain.errors import BackendError, CorralError, SpecError, UnschedulableError
 from scheduler.domain.locations import is_job_ref, job_ref_name
 from scheduler.domain.plan import Plan
-from scheduler.domain.resources import PendingJobView
+from scheduler.domain.resources import PendingJobView, PoolView
 from scheduler.domain.spec import JobSpec, check_files_exist, parse_spec
 from scheduler.domain.state import LIVE_STATES, JobState
-from scheduler.planning import plan_spec, profile_fields
+from scheduler.planning import ModelInput, plan_spec, profile_fields
+from scheduler.policies.config import Ordering
 from scheduler.policies.placement import check_schedulable
 from workers.backends.base import Backend, GangPhase, GangStatus
 from workers.protocol import EXPORT_DIR_NAME, JobFile, LaunchRequest, read_progress
@@ -61,12 +66,16 @@ class SchedulerService:
 
     def __init__(self, db: Database, backends: Mapping[str, Backend], runs_dir: Path,
                  grace_s: float = DEFAULT_GRACE_S,
-                 timer: Callable[[], float] = time.perf_counter) -> None:
+                 timer: Callable[[], float] = time.perf_counter,
+                 ordering: Ordering = "fair_share", preemption: bool = True,
+                 backfill: bool = True, moldable: bool = True) -> None:
         self.db = db
         self.backends = dict(backends)
         self.runs_dir = runs_dir
         self.grace_s = grace_s
         self.timer = timer
+        self.ordering: Ordering = ordering
+        self.switches = {"preemption": preemption, "backfill": backfill, "moldable": moldable}
 
     # --- submit ---------------------------------------------------------------------------
 
@@ -105,24 +114,25 @@ class SchedulerService:
         return spec.model_copy(
             update={"model": spec.model.model_copy(update={"path": str(export)})})
 
-    def submit(self, spec: JobSpec,
-               model_config: Mapping[str, Any] | None = None) -> int:
+    def submit(self, spec: JobSpec, model: ModelInput | None = None) -> int:
         """Validate and store ``spec`` as a PENDING job; return its id.
 
-        With the model's full config (``workers.core.model_config``) the cost model checks the
-        job fits some pool at all, and the cycle later picks its plan by prediction.
+        With the planner's view of the model (``workers.core.model_config.planning_profile``,
+        or a pretraining model's full config) the cost model checks the job fits some pool
+        within its deadline and budget, and the cycle later picks its plan by prediction.
         """
         spec = self.resolve_job_reference(spec)
         self.validate(spec)
         profile = None
-        if model_config is not None and spec.kind.value in PLANNED_KINDS:
-            report = plan_spec(self.db, spec, model_config)
+        if model is not None:
+            report = plan_spec(self.db, spec, model)
             if report.best is None:
                 raise UnschedulableError(f"{spec.name} fits no pool: {report.smallest_fix()}")
-            profile = profile_fields(spec, model_config)
+            profile = profile_fields(spec, model)
         with self.db.write() as session:
             job = repo.create_job(session, spec)
             job.model_profile = profile
+            job.deadline_at = spec.deadline_at(utcnow())
             job.run_dir = str(self.runs_dir / f"job-{job.id}")
             return job.id
 
@@ -137,18 +147,20 @@ class SchedulerService:
 
         mark = self.timer()
         with self.db.read() as session:
-            snap = repo.snapshot(session)
+            config = policy_config(session, self.ordering, **self.switches)
+            snap = snapshot(session, config)
         report.step_seconds["2_snapshot"] = self.timer() - mark
 
         mark = self.timer()
-        result = run_cycle(snap, timer=self.timer)
+        result = run_cycle(snap, timer=self.timer, config=config)
         report.step_seconds["3_cycle"] = self.timer() - mark
 
         mark = self.timer()
         admitted = self._commit(result)
         report.admitted = [a.job_id for a in admitted]
         report.pending = result.pending_reasons
-        report.step_seconds["4_commit"] = self.timer() - mark
+        self._signal_preemptions()
+        report.step_seconds["4_commit_preempt"] = self.timer() - mark
 
         mark = self.timer()
         for admission in admitted:
@@ -161,6 +173,12 @@ class SchedulerService:
     def _commit(self, result: CycleResult) -> list[Admission]:
         admitted: list[Admission] = []
         with self.db.write() as session:
+            for order in result.preemptions:
+                victim = repo.get_job(session, order.job_id, lock=True)
+                if (JobState(victim.state) in LIVE_STATES and not victim.preempt_requested
+                        and not victim.cancel_requested):
+                    victim.preempt_requested = True
+                    repo.note(session, victim, order.reason, {"for_job": order.for_job_id})
             for job_id, reason in result.pending_reasons.items():
                 job = repo.get_job(session, job_id)
                 if job.state == JobState.PENDING.value and job.pending_reason != reason:
@@ -182,22 +200,51 @@ class SchedulerService:
                 detail: dict[str, Any] = {
                     "pool": admission.pool_name, "plan": admission.plan.to_dict(),
                     "devices": [list(d) for d in admission.devices]}
-                predicted = ""
+                predicted = f"; {admission.warning}" if admission.warning else ""
                 if admission.prediction is not None:
                     guess = admission.prediction
                     job.predicted_step_time_s = guess.step_time_s
                     job.predicted_run_time_s = guess.run_time_s
+                    job.prediction = guess.calibration_inputs()
                     detail["prediction"] = {
                         "memory_bytes": guess.memory_bytes, "step_time_s": guess.step_time_s,
                         "run_time_s": guess.run_time_s, "price_usd": guess.price_usd,
                         "memory": guess.memory_explain, "step_time": guess.time_explain}
                     predicted = (f"; predicted {guess.memory_bytes / 2**30:.2f} GiB/device, "
-                                 f"{guess.step_time_s * 1e3:.3g} ms/step")
+                                 f"{guess.step_time_s * 1e3:.3g} ms/step{predicted}")
+                note = f"; {admission.note}" if admission.note else ""
                 repo.transition(session, job, JobState.ADMITTED,
                                 f"admitted on pool {admission.pool_name}: "
-                                f"{admission.plan.describe()}{predicted}", detail)
+                                f"{admission.plan.describe()}{predicted}{note}", detail)
                 admitted.append(admission)
         return admitted
+
+    def _signal_preemptions(self) -> None:
+        """Send each job told to preempt its one SIGTERM; kill one that overstays its grace.
+
+        The signal goes out before the mark that it went out is committed: a scheduler that
+        dies in between signals again on restart (a second SIGTERM only repeats the request),
+        never not at all."""
+        with self.db.read() as session:
+            told = [(job.id, job.backend_handle, job.pool_id, job.preempt_signalled_at)
+                    for job in session.scalars(select(Job).where(
+                        Job.preempt_requested.is_(True),
+                        Job.state.in_([state.value for state in LIVE_STATES])))]
+            backend_of = {pool.id: pool.backend for pool in repo.list_pools(session)}
+        for job_id, handle, pool_id, signalled_at in told:
+            backend = self.backends.get(backend_of.get(pool_id or -1, ""))
+            if handle is None or backend is None:
+                continue
+            if signalled_at is None:
+                backend.preempt(handle)
+                with self.db.write() as session:
+                    job = repo.get_job(session, job_id, lock=True)
+                    job.preempt_signalled_at = utcnow()
+                    repo.note(session, job, "SIGTERM sent: checkpoint and stop for preemption")
+            elif (utcnow() - _aware(signalled_at)).total_seconds() > self.grace_s:
+                log.warning("job %s ignored its preemption for %.0f s; killing it", job_id,
+                            self.grace_s)
+                backend.cancel(handle, 0.0)
 
     def _dispatch(self, admission: Admission) -> bool:
         backend = self.backends.get(admission.backend)
@@ -304,8 +351,17 @@ class SchedulerService:
             if JobState(job.state) not in LIVE_STATES:
                 return None
             repo.release(session, job)
+            recalibrate(session, job)
             detail = {"exit_code": status.exit_code, "attempt": job.attempts}
-            if job.cancel_requested or status.phase is GangPhase.CANCELLED:
+            if job.preempt_requested and not job.cancel_requested \
+                    and status.phase is not GangPhase.SUCCEEDED:
+                job.preempt_requested = False
+                job.preempt_signalled_at = None
+                repo.transition(session, job, JobState.PREEMPTED,
+                                "preempted: the gang checkpointed and stopped", detail)
+                repo.transition(session, job, JobState.PENDING,
+                                "requeued after preemption; resumes from its checkpoint")
+            elif job.cancel_requested or status.phase is GangPhase.CANCELLED:
                 repo.transition(session, job, JobState.CANCELLED,
                                 "cancelled by request", detail)
             elif status.phase is GangPhase.SUCCEEDED:
@@ -383,7 +439,10 @@ class SchedulerService:
             info.update(
                 spec=job.spec, plan_detail=job.plan, run_dir=job.run_dir,
                 max_attempts=job.max_attempts, pending_reason=job.pending_reason,
-                eval_loss=job.eval_loss,
+                eval_loss=job.eval_loss, predicted_step_time_s=job.predicted_step_time_s,
+                predicted_run_time_s=job.predicted_run_time_s,
+                measured_step_time_s=measured_step_time(job.step_times_s) or job.step_time_s,
+                deadline_at=job.deadline_at.isoformat() if job.deadline_at else None,
                 devices=repo.live_devices(session, job.id),
                 events=[{"time": e.time.isoformat(), "from": e.from_state, "to": e.to_state,
                          "reason": e.reason, "detail": e.detail}
@@ -400,7 +459,8 @@ class SchedulerService:
         return [{"name": p.name, "backend": p.backend, "accelerator": p.accelerator,
                  "nodes": len(p.nodes), "devices_per_node": p.devices_per_node,
                  "devices": p.total_devices, "free": p.free_devices,
-                 "price_per_device_hour": p.price_per_device_hour} for p in views]
+                 "price_per_device_hour": p.price_per_device_hour,
+                 "peak_flops": _peak_flops(p)} for p in views]
 
     def log_path(self, job_id: int, attempt: int | None = None) -> Path | None:
         """The log of ``attempt`` (default: the latest) of a job, if it has started."""
@@ -414,6 +474,21 @@ class SchedulerService:
     def job_state(self, job_id: int) -> JobState:
         with self.db.read() as session:
             return JobState(repo.get_job(session, job_id).state)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _peak_flops(pool: PoolView) -> tuple[float | None, str]:
+    """Peak FLOP/s per device the cost model uses for ``pool``, and where it comes from."""
+    if pool.peak_flops:
+        return pool.peak_flops, "pool"
+    try:
+        row = lookup(pool.accelerator)
+    except KeyError:
+        return None, "unknown"
+    return row.peak_bf16_flops, "placeholder" if row.family == "cpu" else "catalog"
 
 
 def job_summary(job: Job, pool_name: str | None) -> dict[str, Any]:
@@ -440,8 +515,10 @@ def apply_progress(session: Any, job: Job, event: dict[str, Any]) -> None:
         job.last_loss = event.get("loss")
         job.tokens_per_s = event.get("tokens_per_s")
         job.step_time_s = event.get("step_time_s")
+        record_step_time(job, event)
     elif kind == "start":
         job.total_steps = event.get("total_steps", job.total_steps)
+        job.step_times_s = []
         repo.note(session, job, f"attempt {event.get('attempt')}: ranks started at step "
                                 f"{event.get('step')} of {job.total_steps}")
     elif kind in ("checkpoint", "preempted") and event.get("path"):

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from scheduler.domain.resources import NodeView, PendingJobView, PoolView, Snapshot
+from scheduler.domain.resources import (
+    NodeView,
+    PendingJobView,
+    PoolView,
+    RunningJobView,
+    Snapshot,
+)
 from scheduler.domain.spec import JobSpec, parse_spec
 
 BASE_SPEC: dict[str, Any] = {
@@ -64,6 +70,28 @@ class JobBuilder:
     def batch(self, global_batch: int, micro_batch: int | None = None) -> JobBuilder:
         return JobBuilder(replace(self.view, global_batch=global_batch, micro_batch=micro_batch))
 
+    def model(self, config: dict[str, Any], seq_len: int = 2048, steps: int = 1000,
+              precision: str = "bf16") -> JobBuilder:
+        """A pretraining job whose model the cost model knows (it is planned by prediction)."""
+        from scheduler.cost.planner import model_profile
+
+        return JobBuilder(replace(self.view, kind="pretrain", seq_len=seq_len, total_steps=steps,
+                                  precision=precision,
+                                  model_profile=asdict(model_profile(config, seq_len))))
+
+    def tenant(self, name: str) -> JobBuilder:
+        return JobBuilder(replace(self.view, tenant=name))
+
+    def range(self, low: int, high: int) -> JobBuilder:
+        """A moldable job: any gang size from ``low`` to ``high``."""
+        return JobBuilder(replace(self.view, devices=None, device_range=(low, high)))
+
+    def deadline(self, seconds: float | None) -> JobBuilder:
+        return JobBuilder(replace(self.view, deadline_s=seconds))
+
+    def budget(self, usd: float | None) -> JobBuilder:
+        return JobBuilder(replace(self.view, budget_usd=usd))
+
     def build(self) -> PendingJobView:
         return self.view
 
@@ -80,6 +108,7 @@ class ClusterBuilder:
     """``make_cluster().pool("gpu", "H100", nodes=2, per_node=8, busy={0: 6})``."""
 
     pools: list[PoolView] = field(default_factory=list)
+    running: list[RunningJobView] = field(default_factory=list)
     _next_node: int = 1
 
     def pool(self, name: str, accelerator: str = "cpu", nodes: int = 1, per_node: int = 2,
@@ -96,9 +125,33 @@ class ClusterBuilder:
                                    nodes=tuple(views)))
         return self
 
-    def snapshot(self, *jobs: JobBuilder | PendingJobView) -> Snapshot:
+    def run(self, job_id: int, pool: str, devices: int, node: int = 0, tenant: str = "default",
+            priority: int = 0, end_s: float | None = None, since_checkpoint_s: float = 0.0,
+            preempting: bool = False) -> ClusterBuilder:
+        """A running job holding the first ``devices`` free devices of ``pool``'s ``node``-th
+        node (it ends ``end_s`` seconds from now, as predicted)."""
+        index = next(i for i, view in enumerate(self.pools) if view.name == pool)
+        view = self.pools[index]
+        target = view.nodes[node]
+        taken = target.free_devices[:devices]
+        assert len(taken) == devices, f"node {target.name} has {len(target.free_devices)} free"
+        nodes = tuple(replace(n, free_devices=n.free_devices[devices:]) if n is target else n
+                      for n in view.nodes)
+        self.pools[index] = replace(view, nodes=nodes)
+        self.running.append(RunningJobView(
+            job_id=job_id, tenant=tenant, priority=priority, pool_id=view.pool_id,
+            accelerator=view.accelerator, devices_by_node=((target.node_id, devices),),
+            seconds_since_checkpoint=since_checkpoint_s, name=f"job{job_id}",
+            predicted_end_s=end_s, device_ids=tuple((target.node_id, d) for d in taken),
+            preempting=preempting))
+        return self
+
+    def snapshot(self, *jobs: JobBuilder | PendingJobView,
+                 calibration: dict[tuple[str, str, str], float] | None = None,
+                 shares: dict[str, float] | None = None) -> Snapshot:
         pending = tuple(j.build() if isinstance(j, JobBuilder) else j for j in jobs)
-        return Snapshot(pools=tuple(self.pools), pending=pending)
+        return Snapshot(pools=tuple(self.pools), pending=pending, calibration=calibration or {},
+                        running=tuple(self.running), tenant_shares=shares or {})
 
 
 def make_cluster() -> ClusterBuilder:

@@ -15,15 +15,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from api.cli.admin import admin
+from api.cli.plan_inputs import model_profile_for, submit_profile
 from api.cli.render import plan_table, pools_table, progress_line, queue_table, show_job, state_text
+from api.cli.sim import sim
 from api.embedded import open_embedded
-from scheduler.cycle import PLANNED_KINDS
 from scheduler.db import repo
 from scheduler.db.migrate import upgrade
 from scheduler.db.session import Database, default_url
 from scheduler.domain.errors import CorralError
 from scheduler.domain.spec import JobSpec, load_spec_file
 from scheduler.domain.state import JobState
+from scheduler.policies.config import ORDERINGS, Ordering
 from scheduler.service import SchedulerService
 
 # Piped output (scripts, tests) is not cut to 80 columns: tables stay one row per job.
@@ -62,15 +65,6 @@ def _service() -> SchedulerService:
     return open_embedded()
 
 
-def _model_config(spec: JobSpec) -> dict[str, Any] | None:
-    """The model's full config for the cost model, for the job kinds it plans."""
-    if spec.kind.value not in PLANNED_KINDS:
-        return None
-    from workers.core.model_config import resolved_model_config
-
-    return resolved_model_config(spec)
-
-
 def _finished(info: dict[str, Any]) -> bool:
     return info["state"] in FINAL_STATES
 
@@ -86,7 +80,7 @@ def run(job_file: Path, poll_s: float) -> None:
     """
     spec = load_spec_file(job_file)
     service = _service()
-    job_id = service.submit(spec, _model_config(spec))
+    job_id = service.submit(spec, submit_profile(service, spec))
     console.print(f"submitted job [bold]{job_id}[/] ({spec.name}, {spec.kind.value})")
     started = time.monotonic()
     seen_events = 0
@@ -136,25 +130,38 @@ def _summary(service: SchedulerService, job_id: int, wall_s: float) -> None:
 
 
 @cli.command()
-@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("job_files", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--limit", default=10, show_default=True, help="Feasible plans to show.")
 @click.option("--rejected", "show_rejected", default=5, show_default=True,
               help="Rejected plans to show (closest to fitting first).")
-def plan(job_file: Path, limit: int, show_rejected: int) -> None:
-    """Predict memory, step time, total time and price of every plan for JOB_FILE on this
-    cluster's pools, best first, without submitting it."""
-    from scheduler.planning import plan_spec
-    from workers.core.model_config import resolved_model_config
+def plan(job_files: tuple[Path, ...], limit: int, show_rejected: int) -> None:
+    """Predict memory, step time, total time and price of every plan for each JOB_FILE on this
+    cluster's pools, best first, without submitting anything.
 
-    spec = load_spec_file(job_file)
+    A job whose model.path is job:NAME is planned on NAME's export once NAME has run; before
+    that, name NAME's file first (corral plan pretrain.yaml finetune.yaml) or submit NAME.
+    """
+    from scheduler.planning import plan_spec
+
     service = _service()
-    report = plan_spec(service.db, spec, resolved_model_config(spec))
-    console.print(plan_table(report, limit, show_rejected))
-    best = report.best
-    if best is None:
-        raise CorralError(f"{spec.name} fits no pool: {report.smallest_fix()}")
-    console.print(f"best: {best.pool}, {best.plan.describe()}; memory {best.memory_explain}; "
-                  f"step {best.time_explain}", highlight=False)
+    earlier: dict[str, JobSpec] = {}
+    unfit: list[str] = []
+    for job_file in job_files:
+        spec = load_spec_file(job_file)
+        if len(job_files) > 1:
+            console.print(f"[bold]{escape(str(job_file))}[/] ({spec.name}, {spec.kind.value})")
+        report = plan_spec(service.db, spec, model_profile_for(service, spec, earlier))
+        earlier[spec.name] = spec
+        console.print(plan_table(report, limit, show_rejected))
+        best = report.best
+        if best is None:
+            unfit.append(f"{spec.name} fits no pool: {report.smallest_fix()}")
+            continue
+        console.print(f"best: {best.pool}, {best.plan.describe()}; memory "
+                      f"{best.memory_explain}; step {best.time_explain}", highlight=False)
+    if unfit:
+        raise CorralError("; ".join(unfit))
 
 
 @cli.command()
@@ -165,16 +172,27 @@ def submit(job_file: Path) -> None:
     In embedded mode a scheduler must be running to start it: `corral scheduler`.
     """
     spec = load_spec_file(job_file)
-    job_id = _service().submit(spec, _model_config(spec))
+    service = _service()
+    job_id = service.submit(spec, submit_profile(service, spec))
     console.print(job_id)
 
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Run one tick and exit.")
 @click.option("--poll-s", default=1.0, show_default=True, help="Seconds between ticks.")
-def scheduler(once: bool, poll_s: float) -> None:
+@click.option("--ordering", type=click.Choice(ORDERINGS), default="fair_share",
+              show_default=True, help="Which pending job goes first.")
+@click.option("--preemption/--no-preemption", default=True, show_default=True,
+              help="Stop lower-priority jobs (or borrowers) for a job that cannot fit.")
+@click.option("--backfill/--no-backfill", default=True, show_default=True,
+              help="Let short jobs run ahead of a blocked job when they cannot delay it.")
+@click.option("--moldable/--no-moldable", default=True, show_default=True,
+              help="Pick a device-range job's size by earliest predicted completion.")
+def scheduler(once: bool, poll_s: float, ordering: Ordering, preemption: bool, backfill: bool,
+              moldable: bool) -> None:
     """Run the embedded scheduler loop in the foreground (Ctrl-C stops it; jobs keep running)."""
-    service = _service()
+    service = open_embedded(ordering=ordering, preemption=preemption, backfill=backfill,
+                            moldable=moldable)
     try:
         while True:
             report = service.tick()
@@ -262,14 +280,18 @@ def pools(ctx: click.Context) -> None:
 @click.option("--devices-per-node", type=click.IntRange(min=1), required=True)
 @click.option("--price", type=click.FloatRange(min=0), default=0.0,
               help="Price per device-hour (USD).")
+@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak TFLOP/s per device, overriding the accelerator catalog's (needed "
+                   "for a CPU pool on other machines: the catalog has no CPU figure).")
 def pools_add(name: str, backend: str, accelerator: str, nodes: int, devices_per_node: int,
-              price: float) -> None:
+              price: float, peak_tflops: float | None) -> None:
     """Register a pool of NODES like nodes."""
     service = _service()
     with service.db.write() as session:
         if repo.get_pool(session, name) is not None:
             raise CorralError(f"pool {name!r} exists already")
-        repo.add_pool(session, name, backend, accelerator, nodes, devices_per_node, price)
+        repo.add_pool(session, name, backend, accelerator, nodes, devices_per_node, price,
+                      peak_flops=peak_tflops * 1e12 if peak_tflops else None)
     console.print(f"added pool {name}: {nodes} × {devices_per_node} {accelerator}")
 
 
@@ -286,3 +308,9 @@ def db_upgrade(url: str | None) -> None:
     database = Database(url or default_url())
     revision = upgrade(database)
     console.print(f"database at revision {revision}")
+
+
+cli.add_command(sim)
+
+
+cli.add_command(admin)

@@ -48,12 +48,14 @@ def queue_table(rows: list[dict[str, Any]]) -> Table:
 def pools_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="Pools", title_justify="left")
     for header in ("NAME", "BACKEND", "ACCELERATOR", "NODES", "DEVICES/NODE", "FREE/TOTAL",
-                   "$/DEVICE-HOUR"):
+                   "$/DEVICE-HOUR", "PEAK TFLOP/S"):
         table.add_column(header)
     for row in rows:
+        peak, source = row["peak_flops"]
         table.add_row(row["name"], row["backend"], row["accelerator"], str(row["nodes"]),
                       str(row["devices_per_node"]), f"{row['free']}/{row['devices']}",
-                      f"{row['price_per_device_hour']:.2f}")
+                      f"{row['price_per_device_hour']:.2f}",
+                      "-" if peak is None else f"{peak / 1e12:.3g} ({source})")
     return table
 
 
@@ -69,6 +71,13 @@ def show_job(console: Console, info: dict[str, Any]) -> None:
         console.print(f"Progress: {progress_line(info)}")
     if info["plan"]:
         console.print(f"[bold]Plan:[/] {info['plan']}")
+    predicted, measured = info.get("predicted_step_time_s"), info.get("measured_step_time_s")
+    if predicted is not None:
+        truth = f", measured {measured * 1e3:.4g} ms" if measured is not None else ""
+        console.print(f"Step time: predicted {predicted * 1e3:.4g} ms{truth}; run time "
+                      f"predicted {info['predicted_run_time_s'] / 3600:.3g} h")
+    if info.get("deadline_at"):
+        console.print(f"Deadline: {info['deadline_at'][:19].replace('T', ' ')} UTC")
     if info["devices"]:
         held = ", ".join(f"{node}:{devs}" for node, devs in info["devices"].items())
         console.print(f"Devices held: {held}")

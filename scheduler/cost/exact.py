@@ -1,6 +1,7 @@
 """Exact mode: measure one training step's peak memory by tracing, with no real memory.
 
-The model is built and stepped under ``FakeTensorMode`` (tensors carry shapes and dtypes but no
+The model is built on the meta device, given LoRA adapters by peft when asked, then handed
+fake parameters and stepped under ``FakeTensorMode`` (tensors carry shapes and dtypes but no
 storage) while torch's ``MemTracker`` accounts every storage by kind: parameters, gradients,
 optimizer states (including foreach temporaries), activations, buffers. Tracing the full model
 would cost time proportional to its depth, so we trace 1 and 2 layers and extrapolate linearly:
@@ -13,6 +14,7 @@ which is exact for a stack of identical blocks. It is the check on the closed fo
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,35 +29,104 @@ class TracedPeak:
     by_kind: dict[str, float]
 
 
-def _trace(architecture: str, config: dict[str, Any], layers: int, seq_len: int,
-           micro_batch: int, optimizer: str) -> dict[str, float]:
+@dataclass(frozen=True, slots=True)
+class LoraSetting:
+    """LoRA adapters to trace: the fields of peft's ``LoraConfig`` that change memory."""
+
+    rank: int = 8
+    target_modules: tuple[str, ...] | str | None = None
+    """Module names, ``"all-linear"``, or None for peft's default (Llama: q_proj, v_proj)."""
+    dropout: float = 0.0
+
+
+def build_model(
+    architecture: str, config: dict[str, Any], lora: LoraSetting | None = None, device: str = "meta"
+) -> Any:
+    """A transformers causal LM from config fields, on ``device`` (meta: no memory), with a
+    frozen base and peft adapters under LoRA."""
     import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.distributed._tools.mem_tracker import MemTracker
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    fields = dict(config, num_hidden_layers=layers)
-    fields.setdefault("max_position_embeddings", seq_len)
-    model_config = AutoConfig.for_model(architecture, **fields)
-    with FakeTensorMode():
+    # No special-token ids: GPT-2's default 50256 lies outside small vocabularies.
+    model_config = AutoConfig.for_model(
+        architecture, **{"bos_token_id": None, "eos_token_id": None, **config}
+    )
+    with torch.device(device):
         model = AutoModelForCausalLM.from_config(model_config)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = (torch.optim.AdamW(params, lr=1e-3, foreach=True) if optimizer == "adamw"
-               else torch.optim.SGD(params, lr=1e-3, foreach=True))
-        ids = torch.randint(0, model_config.vocab_size, (micro_batch, seq_len))
-        tracker = MemTracker()
-        tracker.track_external(model, opt, ids)
-        with tracker:
-            # Two steps: the first creates the optimizer states the second's peak includes.
-            for _ in range(2):
-                model(input_ids=ids, labels=ids).loss.backward()
-                opt.step()
-                opt.zero_grad()
-                tracker.reset_mod_stats()
-            snapshot = tracker.get_tracker_snapshot("peak")
-    (per_device,) = snapshot.values()
-    names = {"PARAM": "parameters", "GRAD": "gradients", "OPT": "optimizer", "ACT": "activations",
-             "BUFFER": "buffers", "TEMP": "other", "OTH": "other"}
+        if lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            targets = lora.target_modules
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.rank,
+                    lora_alpha=2 * lora.rank,
+                    lora_dropout=lora.dropout,
+                    target_modules=list(targets) if isinstance(targets, tuple) else targets,
+                    fan_in_fan_out=architecture == "gpt2",  # GPT-2's Conv1D stores W transposed
+                    task_type="CAUSAL_LM",
+                ),
+            )
+    return model
+
+
+def _fake_parameters(model: Any) -> None:
+    """Replace every meta parameter and buffer by a fake CPU tensor of the same shape, once
+    per tensor so tied weights stay tied. (peft cannot wrap a model built under
+    FakeTensorMode: it moves adapters with ``Module.to``, which cannot swap fake parameters.)
+    Call under ``FakeTensorMode``."""
+    import torch
+
+    fakes: dict[int, Any] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                if id(param) not in fakes:
+                    fake = torch.empty(param.shape, dtype=param.dtype)
+                    fakes[id(param)] = torch.nn.Parameter(fake, param.requires_grad)
+                module._parameters[name] = fakes[id(param)]
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None:
+                if id(buffer) not in fakes:
+                    fakes[id(buffer)] = torch.empty(buffer.shape, dtype=buffer.dtype)
+                module._buffers[name] = fakes[id(buffer)]
+
+
+def memory_tracker(model: Any, optimizer: Any, *inputs: Any) -> Any:
+    """A torch ``MemTracker`` over a model, its optimizer and inputs, frozen weights included.
+
+    MemTracker hooks every parameter's gradient, and a frozen parameter refuses a hook, so the
+    frozen ones are marked hooked already: they never get a gradient to account. Works on fake
+    and on real tensors (``bench/cost_memory_measured.py``).
+    """
+    from torch.distributed._tools.mem_tracker import MemTracker
+    from torch.utils.hooks import RemovableHandle
+
+    tracker = MemTracker()
+    tracker.track_external(model, optimizer, *inputs)
+    for param in model.parameters():
+        if not param.requires_grad:
+            no_hooks: OrderedDict[int, Any] = OrderedDict()  # weak-referenceable, unlike dict
+            tracker._param_to_grad_hook_handles[param] = (
+                RemovableHandle(no_hooks),
+                RemovableHandle(no_hooks),
+            )
+    return tracker
+
+
+def peak_by_kind(tracker: Any) -> dict[str, float]:
+    """The tracked peak per kind (``KINDS``) and its ``total``, from a ``MemTracker``."""
+    (per_device,) = tracker.get_tracker_snapshot("peak").values()
+    names = {
+        "PARAM": "parameters",
+        "GRAD": "gradients",
+        "OPT": "optimizer",
+        "ACT": "activations",
+        "BUFFER": "buffers",
+        "TEMP": "other",
+        "OTH": "other",
+    }
     out = dict.fromkeys(KINDS, 0.0)
     for key, value in per_device.items():
         label = str(key).rsplit(".", 1)[-1]
@@ -65,12 +136,56 @@ def _trace(architecture: str, config: dict[str, Any], layers: int, seq_len: int,
     return out
 
 
-def traced_peak(architecture: str, config: dict[str, Any], seq_len: int, micro_batch: int,
-                optimizer: str = "adamw") -> TracedPeak:
-    """Peak memory of a whole model (fp32, one device) from 1- and 2-layer traces."""
+def _trace(
+    architecture: str,
+    config: dict[str, Any],
+    layers: int,
+    seq_len: int,
+    micro_batch: int,
+    optimizer: str,
+    lora: LoraSetting | None = None,
+) -> dict[str, float]:
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    # num_hidden_layers is also GPT-2's alias of n_layer, and wins over it.
+    fields = dict(config, num_hidden_layers=layers)
+    if "n_positions" not in config:  # GPT-2's name for it; an alias would override it
+        fields.setdefault("max_position_embeddings", seq_len)
+    model = build_model(architecture, fields, lora)
+    with FakeTensorMode():
+        _fake_parameters(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = (
+            torch.optim.AdamW(params, lr=1e-3, foreach=True)
+            if optimizer == "adamw"
+            else torch.optim.SGD(params, lr=1e-3, foreach=True)
+        )
+        ids = torch.randint(0, model.config.vocab_size, (micro_batch, seq_len))
+        tracker = memory_tracker(model, opt, ids)
+        with tracker:
+            # Two steps: the first creates the optimizer states the second's peak includes.
+            for _ in range(2):
+                model(input_ids=ids, labels=ids).loss.backward()
+                opt.step()
+                opt.zero_grad()
+                tracker.reset_mod_stats()
+            return peak_by_kind(tracker)
+
+
+def traced_peak(
+    architecture: str,
+    config: dict[str, Any],
+    seq_len: int,
+    micro_batch: int,
+    optimizer: str = "adamw",
+    lora: LoraSetting | None = None,
+) -> TracedPeak:
+    """Peak memory of a whole model (fp32, one device) from 1- and 2-layer traces; with
+    ``lora``, of LoRA training (frozen base, peft adapters)."""
     layers = int(config.get("num_hidden_layers", config.get("n_layer", 1)))
-    one = _trace(architecture, config, 1, seq_len, micro_batch, optimizer)
-    two = _trace(architecture, config, 2, seq_len, micro_batch, optimizer)
+    one = _trace(architecture, config, 1, seq_len, micro_batch, optimizer, lora)
+    two = _trace(architecture, config, 2, seq_len, micro_batch, optimizer, lora)
     by_kind = {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in (*KINDS, "total")}
     total = by_kind.pop("total")
     return TracedPeak(total, by_kind)

@@ -1,4 +1,5 @@
-"""Parameters and training FLOPs of a decoder-only transformer, from its transformers config.
+"""Parameters and training FLOPs of a transformer (decoder LMs, BERT-style encoders).
+
 
 One function serves the planner's time estimate and the workers' MFU, so the two always count
 the same work. Pure arithmetic: no torch.
@@ -49,18 +50,42 @@ model FLOPs utilisation (MFU, PaLM appendix B) counts the work without recomputa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from scheduler.domain.errors import SpecError
 
-__all__ = ["TransformerShape", "training_flops_per_token"]
+__all__ = ["LinearLayer", "TransformerShape", "training_flops_per_token"]
 
-_GATED_MLP_FAMILIES = frozenset({"llama", "mistral", "qwen2"})
-"""model_types whose MLP is SwiGLU (gate, up, down), RMSNorm, no learned positions."""
+_GATED_MLP_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"})
+"""model_types whose MLP is gated (gate, up, down: SwiGLU, or GeGLU in Gemma), RMSNorm, rotary
+positions. Phi-3 fuses q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj``: the same
+weights in fewer matrices. Gemma-2 adds a norm after attention and before and after the MLP;
+Qwen3 normalises each head's queries and keys (``q_norm``, ``k_norm``, head_dim weights each)."""
 _GELU_MLP_FAMILIES = frozenset({"gpt2"})
 """model_types with a 2-matrix GELU MLP, LayerNorm with bias, learned positions, biases."""
+_ENCODER_FAMILIES = frozenset({"bert"})
+"""Bidirectional encoders (BERT, MiniLM): post-LayerNorm blocks with biases everywhere, a 2-matrix
+GELU MLP, learned positions and token types, a pooler, and no language-model head — a finetune
+classifies from the pooled first token, so the head's work per token is nil."""
+_FUSED_PROJECTION_FAMILIES = frozenset({"phi3"})
+_FOUR_NORM_FAMILIES = frozenset({"gemma2"})
+_HEAD_NORM_FAMILIES = frozenset({"qwen3"})
+
+LinearInput = Literal["attention_in", "attention_out", "mlp_in", "mlp_out"]
+"""The activation a block's linear layer multiplies: the normed input of attention (q, k, v),
+the attention output (o), the normed input of the MLP (gate, up / fc) or the MLP's hidden
+activation (down / proj)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinearLayer:
+    """One weight matrix of a transformer block."""
+
+    in_features: int
+    out_features: int
+    reads: LinearInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,38 +106,89 @@ class TransformerShape:
     layer_norm_bias: bool = False
     """LayerNorm (gain and bias, GPT-2) rather than RMSNorm (gain only, Llama)."""
     qkv_bias: bool = False
-    all_linear_bias: bool = False
+    output_bias: bool = False
+    """A bias on the attention output projection (GPT-2; Llama with ``attention_bias``)."""
+    mlp_bias: bool = False
+    norms_per_layer: int = 2
+    head_norms: bool = False
+    """Per-head RMSNorm of queries and keys (Qwen3): 2·d_h weights per layer."""
+    fused_projections: bool = False
+    """q/k/v in one ``qkv_proj`` and gate/up in one ``gate_up_proj`` (Phi-3)."""
+    encoder: bool = False
+    """A bidirectional encoder (BERT family): token types and a pooler, no output head."""
+    token_types: int = 0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TransformerShape:
-        """The shape a transformers ``config.to_dict()`` describes (llama, mistral, qwen2, gpt2)."""
+        """The shape a transformers ``config.to_dict()`` describes (the ``_*_FAMILIES`` above)."""
         family = config.get("model_type")
         if family in _GELU_MLP_FAMILIES:
             hidden = int(config["n_embd"])
             heads = int(config["n_head"])
-            return cls(vocab_size=int(config["vocab_size"]), hidden_size=hidden,
-                       num_layers=int(config["n_layer"]), num_heads=heads, num_kv_heads=heads,
-                       head_dim=hidden // heads,
-                       intermediate_size=int(config.get("n_inner") or 4 * hidden),
-                       gated_mlp=False,
-                       tied_embeddings=bool(config.get("tie_word_embeddings", True)),
-                       learned_positions=int(config["n_positions"]), layer_norm_bias=True,
-                       all_linear_bias=True)
+            return cls(
+                vocab_size=int(config["vocab_size"]),
+                hidden_size=hidden,
+                num_layers=int(config["n_layer"]),
+                num_heads=heads,
+                num_kv_heads=heads,
+                head_dim=hidden // heads,
+                intermediate_size=int(config.get("n_inner") or 4 * hidden),
+                gated_mlp=False,
+                tied_embeddings=bool(config.get("tie_word_embeddings", True)),
+                learned_positions=int(config["n_positions"]),
+                layer_norm_bias=True,
+                qkv_bias=True,
+                output_bias=True,
+                mlp_bias=True,
+            )
+        if family in _ENCODER_FAMILIES:
+            hidden = int(config["hidden_size"])
+            heads = int(config["num_attention_heads"])
+            return cls(
+                vocab_size=int(config["vocab_size"]),
+                hidden_size=hidden,
+                num_layers=int(config["num_hidden_layers"]),
+                num_heads=heads,
+                num_kv_heads=heads,
+                head_dim=hidden // heads,
+                intermediate_size=int(config["intermediate_size"]),
+                gated_mlp=False,
+                tied_embeddings=True,
+                learned_positions=int(config["max_position_embeddings"]),
+                layer_norm_bias=True,
+                qkv_bias=True,
+                output_bias=True,
+                mlp_bias=True,
+                encoder=True,
+                token_types=int(config.get("type_vocab_size", 2)),
+            )
         if family in _GATED_MLP_FAMILIES:
             hidden = int(config["hidden_size"])
             heads = int(config["num_attention_heads"])
-            return cls(vocab_size=int(config["vocab_size"]), hidden_size=hidden,
-                       num_layers=int(config["num_hidden_layers"]), num_heads=heads,
-                       num_kv_heads=int(config.get("num_key_value_heads") or heads),
-                       head_dim=int(config.get("head_dim") or hidden // heads),
-                       intermediate_size=int(config["intermediate_size"]), gated_mlp=True,
-                       tied_embeddings=bool(config.get("tie_word_embeddings", False)),
-                       qkv_bias=family == "qwen2" or bool(config.get("attention_bias")),
-                       all_linear_bias=False)
-        supported = ", ".join(sorted(_GATED_MLP_FAMILIES | _GELU_MLP_FAMILIES))
+            # Qwen2 always biases q, k and v (not o); Llama, Qwen3 and Gemma bias all four with
+            # attention_bias; Mistral and Phi-3 have no biases.
+            attention_bias = bool(config.get("attention_bias"))
+            return cls(
+                vocab_size=int(config["vocab_size"]),
+                hidden_size=hidden,
+                num_layers=int(config["num_hidden_layers"]),
+                num_heads=heads,
+                num_kv_heads=int(config.get("num_key_value_heads") or heads),
+                head_dim=int(config.get("head_dim") or hidden // heads),
+                intermediate_size=int(config["intermediate_size"]),
+                gated_mlp=True,
+                tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+                qkv_bias=family == "qwen2" or attention_bias,
+                output_bias=family != "qwen2" and attention_bias,
+                mlp_bias=bool(config.get("mlp_bias")),
+                norms_per_layer=4 if family in _FOUR_NORM_FAMILIES else 2,
+                head_norms=family in _HEAD_NORM_FAMILIES,
+                fused_projections=family in _FUSED_PROJECTION_FAMILIES,
+            )
+        supported = ", ".join(sorted(_GATED_MLP_FAMILIES | _GELU_MLP_FAMILIES
+                                     | _ENCODER_FAMILIES))
         raise SpecError(
-            f"model_type {family!r} has no FLOPs formula in the cost model; supported: "
-            f"{supported}"
+            f"model_type {family!r} has no FLOPs formula in the cost model; supported: {supported}"
         )
 
     @property
@@ -135,32 +211,115 @@ class TransformerShape:
 
     @property
     def matmul_parameters(self) -> int:
-        """N of ``6·N``: the layers' matmul weights plus the output head d·V."""
-        return self.layer_matmul_parameters + self.hidden_size * self.vocab_size
+        """N of ``6·N``: the layers' matmul weights plus the output head d·V (an encoder has
+        none: its pooler and classifier work on one token per sequence)."""
+        head = 0 if self.encoder else self.hidden_size * self.vocab_size
+        return self.layer_matmul_parameters + head
 
     def parameter_count(self) -> int:
         """All parameters, as ``model.num_parameters()`` counts them (tied weights once)."""
         d, f = self.hidden_size, self.intermediate_size
         norm = 2 * d if self.layer_norm_bias else d
-        biases = 0
-        if self.all_linear_bias:
-            # q, k, v (fused in GPT-2), o, then the MLP's hidden and output layers.
-            biases = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim + d + f + d
-        elif self.qkv_bias:
-            biases = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        query_key_value = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        biases = (
+            (query_key_value if self.qkv_bias else 0)
+            + (d if self.output_bias else 0)
+            + ((2 if self.gated_mlp else 1) * f + d if self.mlp_bias else 0)
+        )
         per_layer = self.attention_matmul_parameters + self.mlp_matmul_parameters + biases
-        per_layer += 2 * norm  # one norm before attention, one before the MLP
-        embeddings = self.vocab_size * d + self.learned_positions * d
+        per_layer += self.norms_per_layer * norm
+        if self.head_norms:
+            per_layer += 2 * self.head_dim
+        embeddings = (self.vocab_size + self.learned_positions + self.token_types) * d
         head = 0 if self.tied_embeddings else self.vocab_size * d
-        return self.num_layers * per_layer + norm + embeddings + head
+        pooler = d * d + d if self.encoder else 0  # BertModel's pooler; the final norm is
+        # the embedding LayerNorm for an encoder (post-norm blocks end in their own norms)
+        return self.num_layers * per_layer + norm + embeddings + head + pooler
+
+    def linear_layers(self) -> dict[str, LinearLayer]:
+        """The weight matrices of one block, by their module path inside the block."""
+        d, f, d_h = self.hidden_size, self.intermediate_size, self.head_dim
+        query, key_value = self.num_heads * d_h, self.num_kv_heads * d_h
+        if self.encoder:  # BERT: attention.self.{query,key,value}, post-norm dense layers
+            return {
+                "attention.self.query": LinearLayer(d, query, "attention_in"),
+                "attention.self.key": LinearLayer(d, key_value, "attention_in"),
+                "attention.self.value": LinearLayer(d, key_value, "attention_in"),
+                "attention.output.dense": LinearLayer(query, d, "attention_out"),
+                "intermediate.dense": LinearLayer(d, f, "mlp_in"),
+                "output.dense": LinearLayer(f, d, "mlp_out"),
+            }
+        if not self.gated_mlp:  # GPT-2: fused c_attn, Conv1D layers
+            return {
+                "attn.c_attn": LinearLayer(d, query + 2 * key_value, "attention_in"),
+                "attn.c_proj": LinearLayer(query, d, "attention_out"),
+                "mlp.c_fc": LinearLayer(d, f, "mlp_in"),
+                "mlp.c_proj": LinearLayer(f, d, "mlp_out"),
+            }
+        if self.fused_projections:
+            return {
+                "self_attn.qkv_proj": LinearLayer(d, query + 2 * key_value, "attention_in"),
+                "self_attn.o_proj": LinearLayer(query, d, "attention_out"),
+                "mlp.gate_up_proj": LinearLayer(d, 2 * f, "mlp_in"),
+                "mlp.down_proj": LinearLayer(f, d, "mlp_out"),
+            }
+        return {
+            "self_attn.q_proj": LinearLayer(d, query, "attention_in"),
+            "self_attn.k_proj": LinearLayer(d, key_value, "attention_in"),
+            "self_attn.v_proj": LinearLayer(d, key_value, "attention_in"),
+            "self_attn.o_proj": LinearLayer(query, d, "attention_out"),
+            "mlp.gate_proj": LinearLayer(d, f, "mlp_in"),
+            "mlp.up_proj": LinearLayer(d, f, "mlp_in"),
+            "mlp.down_proj": LinearLayer(f, d, "mlp_out"),
+        }
+
+    def adapted_layers(self, target_modules: Sequence[str] | str | None) -> list[LinearLayer]:
+        """The layers of one block that LoRA adapts, matching names as peft does.
+
+        ``None`` is peft's default for the family (q_proj and v_proj; GPT-2's c_attn);
+        ``"all-linear"`` every linear layer of the block (peft leaves the output head out); a
+        name matches a module path equal to it or ending in ``.name`` (``c_proj`` is both of
+        GPT-2's output projections).
+        """
+        layers = self.linear_layers()
+        if target_modules == "all-linear":
+            return list(layers.values())
+        if target_modules is None:
+            if self.fused_projections:
+                raise ValueError("peft has no default LoRA target for phi3; name target_modules")
+            target_modules = (["query", "value"] if self.encoder else
+                              ["c_attn"] if not self.gated_mlp else ["q_proj", "v_proj"])
+        names = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+        chosen = [
+            layer
+            for path, layer in layers.items()
+            if any(path == name or path.endswith(f".{name}") for name in names)
+        ]
+        if not chosen:
+            raise ValueError(
+                f"LoRA target_modules {names} name no layer of this model's blocks "
+                f"({', '.join(path.rsplit('.', 1)[-1] for path in layers)})"
+            )
+        return chosen
+
+    def lora_parameter_count(self, target_modules: Sequence[str] | str | None, rank: int) -> int:
+        """Trainable parameters of LoRA (Hu et al. 2021): A (r × in) and B (out × r) per
+        adapted matrix, r·(in + out), in every layer; no biases."""
+        per_layer = sum(
+            rank * (layer.in_features + layer.out_features)
+            for layer in self.adapted_layers(target_modules)
+        )
+        # "all-linear" also adapts an encoder's pooler, the one linear layer outside its blocks
+        pooler = rank * 2 * self.hidden_size if self.encoder and target_modules == "all-linear" \
+            else 0
+        return self.num_layers * per_layer + pooler
 
     def attention_flops_per_token(self, seq_len: int) -> int:
         """Forward FLOPs of QKᵀ and AV per token over all layers: 4·L·H·d_h·S."""
         return 4 * self.num_layers * self.num_heads * self.head_dim * seq_len
 
 
-def training_flops_per_token(shape: TransformerShape, seq_len: int,
-                             recompute: bool = False) -> int:
+def training_flops_per_token(shape: TransformerShape, seq_len: int, recompute: bool = False) -> int:
     """FLOPs of one training token (forward + backward): 6·N + 12·L·H·d_h·S.
 
     With ``recompute`` the layers' forward runs a second time in backward:

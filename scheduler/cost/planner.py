@@ -22,8 +22,18 @@ from typing import Any
 
 from scheduler.cost.flops import TransformerShape, training_flops_per_token
 from scheduler.cost.hardware import Accelerator
-from scheduler.cost.memory import Precision, Recompute, Sharding, StepShape, estimate_peak
-from scheduler.cost.time import efficiency, step_time
+from scheduler.cost.memory import (
+    CPU_FRAMEWORK_OVERHEAD_BYTES,
+    CPU_PROCESS_BASELINE_BYTES,
+    Adapters,
+    MemoryEstimate,
+    Precision,
+    Recompute,
+    Sharding,
+    StepShape,
+    estimate_peak,
+)
+from scheduler.cost.time import StepTime, efficiency, step_time
 from scheduler.domain.plan import Plan, Strategy
 
 MEMORY_HEADROOM = 0.90
@@ -54,6 +64,18 @@ class ModelProfile:
     intermediate: int | None = None
     tensor_parallel: bool = True
     """Whether the trainer can shard this architecture with tensor parallelism."""
+    strategies: tuple[str, ...] | None = None
+    """Strategies the job's trainer runs (None: every one); LoRA runs replicated only."""
+    resident_bytes: float = 0.0
+    """Bytes per device held beside the trained model (a distillation teacher's weights)."""
+    extra_flops_per_token: float = 0.0
+    """FLOPs per token beyond training the model (the teacher's forward pass)."""
+    trains: bool = True
+    """False for a job that only runs the model forward (quantize, prune): one device, no
+    gradients or optimizer states, forward FLOPs only."""
+    adapter_reads: tuple[str, ...] | None = None
+    """LoRA: the input each adapted linear layer of a block reads (memory.Adapters)."""
+    adapter_dropout: bool = False
 
 
 def model_profile(config: Mapping[str, Any], seq_len: int,
@@ -68,8 +90,9 @@ def model_profile(config: Mapping[str, Any], seq_len: int,
         trainable_params=trainable_params,
         recompute_flops_per_token=training_flops_per_token(shape, seq_len, recompute=True),
         kv_heads=shape.num_kv_heads, intermediate=shape.intermediate_size,
-        # workers.core.tensor_parallel shards Llama-style (gated-MLP) blocks only.
-        tensor_parallel=shape.gated_mlp,
+        # workers.core.tensor_parallel shards Llama-style (gated-MLP) blocks with separate
+        # q/k/v and gate/up matrices only (not Phi-3's fused ones).
+        tensor_parallel=shape.gated_mlp and not shape.fused_projections,
     )
 
 
@@ -99,6 +122,8 @@ class PoolOption:
     devices_per_node: int
     max_gang: int
     wait_s: float = 0.0
+    accelerator_name: str = ""
+    """The pool's own name for its accelerator (calibration's key); the catalog's if empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +138,36 @@ class Candidate:
     price_usd: float
     fits: bool
     why_not: str = ""
-    memory_explain: str = ""
-    time_explain: str = ""
+    memory: MemoryEstimate | None = None
+    timing: StepTime | None = None
+    accelerator: str = ""
+    efficiency: float = 0.0
+    """η the step time was predicted with (calibrated or the prior)."""
+    time_parts_s: Mapping[str, float] = field(default_factory=dict)
+    """Seconds per step by part (compute, communication, optimizer): calibration splits a
+    measured step with them."""
+
+    resident_bytes: float = 0.0
+
+    @property
+    def memory_explain(self) -> str:
+        """The memory prediction in words (built on demand: most candidates are never shown)."""
+        if self.memory is None:
+            return ""
+        text = self.memory.explain()
+        if self.resident_bytes:
+            text += f" + resident {self.resident_bytes / 2**30:.2f} GiB (teacher)"
+        return text
+
+    @property
+    def time_explain(self) -> str:
+        return self.timing.explain() if self.timing is not None else ""
+
+    def calibration_inputs(self) -> dict[str, Any]:
+        """What the service stores on the job to recalibrate η when the job reports."""
+        return {"accelerator": self.accelerator, "strategy": self.plan.strategy.value,
+                "efficiency": self.efficiency, "step_time_s": self.step_time_s,
+                "compute_s": self.time_parts_s.get("compute", self.step_time_s)}
 
 
 @dataclass
@@ -129,9 +182,22 @@ class PlanReport:
         return self.ranked[0] if self.ranked else None
 
     def smallest_fix(self) -> str:
-        """What would make the job fit, from the rejected candidate closest to fitting."""
+        """What would make the job fit, from the rejected candidate closest to fitting.
+
+        A job whose plans fit in memory but miss its deadline or break its budget is told the
+        deadline or budget the best plan would need; otherwise the memory it lacks."""
         if self.ranked or not self.rejected:
             return ""
+        in_memory = [c for c in self.rejected if c.memory_bytes <= c.memory_limit_bytes]
+        if in_memory:
+            cheapest = min(in_memory, key=lambda c: c.price_usd)
+            fastest = min(in_memory, key=lambda c: c.completion_s)
+            return (f"no plan meets the goal: the fastest ({fastest.pool}, "
+                    f"{fastest.plan.describe()}) finishes in {fastest.completion_s / 3600:.2f} h "
+                    f"for ${fastest.price_usd:,.2f}; the cheapest ({cheapest.pool}, "
+                    f"{cheapest.plan.describe()}) costs ${cheapest.price_usd:,.2f} and finishes "
+                    f"in {cheapest.completion_s / 3600:.2f} h: move the deadline or raise "
+                    f"budget_usd accordingly")
         closest = min(self.rejected, key=lambda c: c.memory_bytes / c.memory_limit_bytes)
         gib = 2**30
         return (f"needs {closest.memory_bytes / gib:.1f} GiB per device at best "
@@ -179,7 +245,10 @@ def _layouts(request: PlanRequest, pool: PoolOption, world: int) -> Iterable[Pla
             if _tp_divides(request.profile, tp) and world % tp == 0:
                 layouts.append((Strategy.TP, world // tp, 1, tp))
             tp *= 2
+    allowed = request.profile.strategies
     for strategy, replicate, shard, tp in layouts:
+        if allowed is not None and strategy.value not in allowed:
+            continue
         dp = replicate * shard
         if request.global_batch % dp:
             continue
@@ -189,51 +258,74 @@ def _layouts(request: PlanRequest, pool: PoolOption, world: int) -> Iterable[Pla
         for micro in micro_batches:
             if micro > per_rank or per_rank % micro:
                 continue
-            for recompute in (False, True):
+            for recompute in (False, True) if request.profile.trains else (False,):
                 nodes = -(-world // pool.devices_per_node)
                 yield Plan(strategy, world, replicate, shard, tp, 1, micro, per_rank // micro,
                            recompute, precision, nodes)
 
 
+Calibrated = Mapping[tuple[str, str], float]
+"""η measured on this cluster, keyed by (accelerator name as the pool gives it, strategy)."""
+
+
 def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
-             calibrated: dict[tuple[str, str], float] | None = None) -> Candidate:
+             calibrated: Calibrated | None = None) -> Candidate:
     """Predict memory, time and price of one plan on one pool."""
     profile, acc = request.profile, pool.accelerator
     precision = _precision(plan.precision)
     recompute: Recompute = "full" if plan.activation_checkpointing else "none"
+    trainable = profile.trainable_params if profile.trains else 0.0
+    adapters = Adapters(tuple(profile.adapter_reads), profile.adapter_dropout) \
+        if profile.adapter_reads is not None else None  # type: ignore[arg-type]
     shape = StepShape(params=profile.params, layers=profile.layers, hidden=profile.hidden,
                       heads=profile.heads, vocab=profile.vocab, seq_len=request.seq_len,
                       micro_batch=plan.micro_batch, layer_params=profile.layer_params,
-                      trainable_params=profile.trainable_params)
+                      trainable_params=trainable, adapters=adapters)
+    # A CPU rank's whole footprint counts against the machine's memory: the process after its
+    # imports plus what autograd and the optimizer hold beyond tensors (memory.py, measured).
+    # On accelerators the process lives in host memory and only the tensors (and MEMORY_HEADROOM
+    # for allocator and library workspaces) count against the device.
+    overhead = CPU_PROCESS_BASELINE_BYTES + CPU_FRAMEWORK_OVERHEAD_BYTES \
+        if acc.family == "cpu" else 0.0
     memory = estimate_peak(shape, SHARDING[plan.strategy], plan.dp_shard, plan.tp, precision,
-                           recompute)
+                           recompute, framework_overhead_bytes=overhead)
+    memory_bytes = memory.total_bytes + profile.resident_bytes
     limit = acc.memory_bytes * MEMORY_HEADROOM
     tokens_per_device = request.global_batch * request.seq_len / plan.world_size
     per_token = profile.flops_per_token
     if recompute == "full":
         per_token = profile.recompute_flops_per_token or per_token * 8 / 6
-    flops = per_token * tokens_per_device
+    if not profile.trains:
+        per_token = profile.flops_per_token / 3  # forward only: 2·N of training's 6·N
+    flops = (per_token + profile.extra_flops_per_token) * tokens_per_device
     bytes_per_value = 2 if precision == "bf16_mixed" else 4
+    # Parameters whose gradients are reduced and whose optimizer states are stepped: all of
+    # them, the adapters of a LoRA job, none for a forward-only job.
+    synced = profile.params if trainable is None else trainable
     multi_node = plan.nodes > 1
+    eta = (calibrated or {}).get((pool.accelerator_name or acc.name, plan.strategy.value)) \
+        or efficiency(acc.family, plan.strategy.value)
     timing = step_time(
         flops_per_device=flops, peak_flops=acc.peak_bf16_flops,
-        eta=efficiency(acc.family, plan.strategy.value, calibrated), strategy=plan.strategy.value,
-        params_per_device_full=profile.params / plan.tp, weight_bytes=bytes_per_value,
+        eta=eta, strategy=plan.strategy.value,
+        params_per_device_full=synced / plan.tp, weight_bytes=bytes_per_value,
         grad_bytes=bytes_per_value, dp=plan.dp,
         dp_link_bytes_per_s=acc.network_bytes_per_s if multi_node else acc.intra_node_bytes_per_s,
         tp=plan.tp, tp_link_bytes_per_s=acc.intra_node_bytes_per_s,
         tp_activation_bytes=request.seq_len * plan.micro_batch * profile.hidden * bytes_per_value,
         layers=profile.layers, grad_accum=plan.grad_accum,
         memory_bandwidth_bytes_per_s=acc.memory_bandwidth_bytes_per_s,
-        local_params=(profile.params / plan.tp / (plan.dp_shard if plan.dp_shard > 1 else 1)),
+        local_params=(synced / plan.tp / (plan.dp_shard if plan.dp_shard > 1 else 1)),
     )
     run_s = STARTUP_S + request.total_steps * timing.total_s
     price = plan.world_size * run_s / 3600 * acc.price_per_device_hour
-    fits = memory.total_bytes <= limit
-    why = "" if fits else (f"needs {memory.total_bytes / 2**30:.2f} GiB per device; {acc.name} "
+    fits = memory_bytes <= limit
+    why = "" if fits else (f"needs {memory_bytes / 2**30:.2f} GiB per device; {acc.name} "
                            f"has {limit / 2**30:.2f} GiB usable")
-    return Candidate(pool.name, plan, memory.total_bytes, limit, timing.total_s, run_s,
-                     pool.wait_s + run_s, price, fits, why, memory.explain(), timing.explain())
+    return Candidate(pool.name, plan, memory_bytes, limit, timing.total_s, run_s,
+                     pool.wait_s + run_s, price, fits, why, memory, timing,
+                     pool.accelerator_name or acc.name, eta, timing.parts_s,
+                     profile.resident_bytes)
 
 
 def _rank_key(request: PlanRequest, candidate: Candidate) -> tuple[float, ...]:
@@ -245,7 +337,7 @@ def _rank_key(request: PlanRequest, candidate: Candidate) -> tuple[float, ...]:
 
 
 def plan_job(request: PlanRequest, pools: Sequence[PoolOption],
-             calibrated: dict[tuple[str, str], float] | None = None) -> PlanReport:
+             calibrated: Calibrated | None = None) -> PlanReport:
     """Enumerate → predict → reject → rank (module docstring)."""
     report = PlanReport()
     for pool in pools:

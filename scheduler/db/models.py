@@ -56,6 +56,8 @@ class Tenant(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     weight: Mapped[float] = mapped_column(Float, default=1.0)
+    cohort: Mapped[str | None] = mapped_column(String(128), default=None)
+    """The cohort whose members lend each other idle quota (scheduler.policies.quota)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -110,6 +112,9 @@ class Pool(Base):
     devices_per_node: Mapped[int] = mapped_column(Integer)
     interconnect: Mapped[str] = mapped_column(String(64), default="")
     price_per_device_hour: Mapped[float] = mapped_column(Float, default=0.0)
+    peak_flops: Mapped[float | None] = mapped_column(Float, default=None)
+    """Peak FLOP/s per device overriding the catalog's: set by an admin, or measured once for a
+    CPU pool (:func:`workers.backends.local.measure_cpu_device_peak`)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     nodes: Mapped[list[Node]] = relationship(back_populates="pool", order_by="Node.id")
@@ -154,12 +159,20 @@ class Job(Base):
     pending_reason: Mapped[str | None] = mapped_column(Text, default=None)
     predicted_step_time_s: Mapped[float | None] = mapped_column(Float, default=None)
     predicted_run_time_s: Mapped[float | None] = mapped_column(Float, default=None)
+    prediction: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    """The admitted plan's prediction with the parts calibration needs: accelerator, strategy,
+    efficiency used, compute and step seconds (scheduler.calibrate)."""
+    deadline_at: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     backend_handle: Mapped[str | None] = mapped_column(Text, default=None)
     run_dir: Mapped[str | None] = mapped_column(Text, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    preempt_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Told to checkpoint and stop for another job; set once, signalled once, cleared when the
+    gang has stopped and the job is pending again."""
+    preempt_signalled_at: Mapped[datetime | None] = mapped_column(default=None)
     progress_offset: Mapped[int] = mapped_column(BigInteger, default=0)
     last_step: Mapped[int | None] = mapped_column(Integer, default=None)
     total_steps: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -167,6 +180,9 @@ class Job(Base):
     last_loss: Mapped[float | None] = mapped_column(Float, default=None)
     tokens_per_s: Mapped[float | None] = mapped_column(Float, default=None)
     step_time_s: Mapped[float | None] = mapped_column(Float, default=None)
+    step_times_s: Mapped[list[float] | None] = mapped_column(JSON, default=None)
+    """Step times the current attempt reported after its first step (at most
+    ``scheduler.calibrate.MAX_SAMPLES``): calibration uses their median."""
     eval_loss: Mapped[float | None] = mapped_column(Float, default=None)
     submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -14,9 +14,19 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from scheduler.db.models import Allocation, Checkpoint, Job, JobEvent, Node, Pool, Tenant, utcnow
+from scheduler.db.models import (
+    Allocation,
+    Calibration,
+    Checkpoint,
+    Job,
+    JobEvent,
+    Node,
+    Pool,
+    Tenant,
+    utcnow,
+)
 from scheduler.domain.errors import NotFoundError
-from scheduler.domain.resources import NodeView, PendingJobView, PoolView, Snapshot
+from scheduler.domain.resources import NodeView, PoolView
 from scheduler.domain.spec import JobSpec
 from scheduler.domain.state import JobState, check_transition
 
@@ -46,11 +56,12 @@ def add_pool(
     price_per_device_hour: float = 0.0,
     interconnect: str = "",
     node_names: Sequence[str] | None = None,
+    peak_flops: float | None = None,
 ) -> Pool:
     """Register a pool of ``nodes`` like nodes with ``devices_per_node`` devices each."""
     pool = Pool(name=name, backend=backend, accelerator=accelerator,
                 devices_per_node=devices_per_node, interconnect=interconnect,
-                price_per_device_hour=price_per_device_hour)
+                price_per_device_hour=price_per_device_hour, peak_flops=peak_flops)
     session.add(pool)
     session.flush()
     names = list(node_names or [f"{name}-{index}" for index in range(nodes)])
@@ -88,7 +99,8 @@ def load_pool_views(session: Session) -> tuple[PoolView, ...]:
         views.append(PoolView(pool_id=pool.id, name=pool.name, backend=pool.backend,
                               accelerator=pool.accelerator,
                               devices_per_node=pool.devices_per_node,
-                              price_per_device_hour=pool.price_per_device_hour, nodes=nodes))
+                              price_per_device_hour=pool.price_per_device_hour, nodes=nodes,
+                              peak_flops=pool.peak_flops))
     return tuple(views)
 
 
@@ -135,11 +147,17 @@ def list_jobs(session: Session, states: Iterable[JobState] | None = None,
 
 def latest_succeeded_job(session: Session, tenant: str, name: str) -> Job | None:
     """The newest SUCCEEDED job called ``name`` of ``tenant``, or None."""
+    return latest_job_named(session, tenant, name, (JobState.SUCCEEDED,))
+
+
+def latest_job_named(session: Session, tenant: str, name: str,
+                     states: Iterable[JobState] | None = None) -> Job | None:
+    """The newest job called ``name`` of ``tenant`` (in one of ``states``), or None."""
     query = (select(Job).join(Tenant, Job.tenant_id == Tenant.id)
-             .where(Tenant.name == tenant, Job.name == name,
-                    Job.state == JobState.SUCCEEDED.value)
-             .order_by(Job.id.desc()).limit(1))
-    return session.scalar(query)
+             .where(Tenant.name == tenant, Job.name == name))
+    if states is not None:
+        query = query.where(Job.state.in_([state.value for state in states]))
+    return session.scalar(query.order_by(Job.id.desc()).limit(1))
 
 
 def transition(session: Session, job: Job, target: JobState, reason: str,
@@ -182,17 +200,10 @@ def failure_count(session: Session, job_id: int) -> int:
     ) or 0
 
 
-def pending_views(session: Session) -> tuple[PendingJobView, ...]:
-    jobs = session.scalars(select(Job).where(Job.state == JobState.PENDING.value))
-    return tuple(
-        PendingJobView.from_spec(job.id, JobSpec.model_validate(job.spec), job.priority,
-                                 job.model_profile)
-        for job in jobs
-    )
-
-
-def snapshot(session: Session) -> Snapshot:
-    return Snapshot(pools=load_pool_views(session), pending=pending_views(session))
+def calibration_table(session: Session) -> dict[tuple[str, str, str], float]:
+    """Measured η by (accelerator, strategy, job kind)."""
+    return {(row.accelerator, row.strategy, row.kind): row.efficiency
+            for row in session.scalars(select(Calibration))}
 
 
 # --- allocations ---------------------------------------------------------------------------

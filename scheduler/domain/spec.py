@@ -6,12 +6,21 @@ raises :class:`SpecError` whose message names the field, the bad value and what 
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from scheduler.domain.compress_spec import CompressSpec
 from scheduler.domain.errors import SpecError
@@ -22,6 +31,24 @@ from scheduler.domain.locations import (
     is_package_ref,
     resolve_package_path,
 )
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def deadline_after(text: str, submitted_at: datetime) -> datetime:
+    """``'36h'`` after ``submitted_at``, or an ISO 8601 moment with its zone."""
+    match = _DURATION.match(text)
+    if match:
+        return submitted_at + timedelta(seconds=float(match[1]) * _DURATION_UNIT_S[match[2]])
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"deadline {text!r} is neither a duration ('36h', '90m', '2d') nor an "
+                         f"ISO 8601 time ('2026-12-01T18:00:00Z')") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"deadline {text!r} has no time zone: add one, e.g. 'Z' for UTC")
+    return moment
 
 
 class JobKind(StrEnum):
@@ -142,12 +169,27 @@ class CheckpointSpec(_Strict):
     keep: int = Field(default=3, ge=1)
 
 
+class DeviceRange(_Strict):
+    """A moldable gang: any device count from ``min`` to ``max`` that splits the batch evenly;
+    the scheduler picks the one predicted to finish first (waiting included)."""
+
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DeviceRange:
+        if self.min > self.max:
+            raise ValueError(f"resources.devices: min {self.min} is above max {self.max}")
+        return self
+
+
 class ResourceSpec(_Strict):
-    """Where and on how many devices: a pool or an accelerator type, a count or ``auto``."""
+    """Where and on how many devices: a pool or an accelerator type; a count, a range
+    ``{min, max}`` or ``auto``."""
 
     pool: str | None = None
     accelerator: str | None = None
-    devices: int | Literal["auto"] = "auto"
+    devices: int | Literal["auto"] | DeviceRange = "auto"
     priority: int = Field(default=0, ge=-1000, le=1000)
     max_attempts: int = Field(default=3, ge=1, le=100)
 
@@ -155,10 +197,20 @@ class ResourceSpec(_Strict):
     def _positive(self) -> ResourceSpec:
         if isinstance(self.devices, int) and self.devices < 1:
             raise ValueError(
-                f"resources.devices must be a positive number of devices or 'auto', "
-                f"got {self.devices}"
+                f"resources.devices must be a positive number of devices, a range "
+                f"{{min: 2, max: 8}} or 'auto', got {self.devices}"
             )
         return self
+
+    @property
+    def fixed_devices(self) -> int | None:
+        """The device count when the spec names one exactly; None for ``auto`` or a range."""
+        return self.devices if isinstance(self.devices, int) else None
+
+    @property
+    def device_range(self) -> tuple[int, int] | None:
+        return (self.devices.min, self.devices.max) \
+            if isinstance(self.devices, DeviceRange) else None
 
 
 class JobSpec(_Strict):
@@ -177,8 +229,28 @@ class JobSpec(_Strict):
     resources: ResourceSpec = ResourceSpec()
     seed: int = 0
     tenant: str = "default"
+    deadline: str | None = Field(
+        default=None,
+        description="when the job must finish: an ISO 8601 time with its zone "
+                    "('2026-12-01T18:00:00Z') or a duration after submission ('36h', '90m', "
+                    "'2d'); the scheduler picks the cheapest plan that finishes in time")
+    budget_usd: float | None = Field(
+        default=None, gt=0,
+        description="most the job may cost (devices × hours × price); the scheduler picks the "
+                    "fastest plan within it and never one above it")
     finetune: FinetuneSpec | None = None
     compress: CompressSpec | None = None
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_format(cls, value: str | None) -> str | None:
+        if value is not None:
+            deadline_after(value, datetime.now(UTC))
+        return value
+
+    def deadline_at(self, submitted_at: datetime) -> datetime | None:
+        """The deadline as a moment, for a job submitted at ``submitted_at``."""
+        return None if self.deadline is None else deadline_after(self.deadline, submitted_at)
 
     @model_validator(mode="before")
     @classmethod

@@ -8,6 +8,7 @@ nodes only when its backend can run multi-node gangs, and then uses as few nodes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from scheduler.domain.errors import UnschedulableError
 from scheduler.domain.resources import NodeView, PendingJobView, PoolView
@@ -45,6 +46,18 @@ def devices_for(job: PendingJobView, pool: PoolView) -> int:
     while count > 1 and job.global_batch % count:
         count -= 1
     return max(count, 1)
+
+
+def gang_shapes(job: PendingJobView, pool: PoolView) -> list[int]:
+    """Gang sizes the job may take on ``pool``, largest first: its count, the ``auto`` size, or
+    for a moldable job every count in its range the pool can run that splits the global batch
+    (and the per-device batch by its micro-batch) evenly."""
+    if job.device_range is None:
+        return [devices_for(job, pool)]
+    low, high = job.device_range
+    return [count for count in range(min(high, max_gang(pool)), low - 1, -1)
+            if job.global_batch % count == 0
+            and (job.micro_batch is None or (job.global_batch // count) % job.micro_batch == 0)]
 
 
 def place_gang(pool: PoolView, count: int) -> DeviceList | None:
@@ -94,6 +107,15 @@ def check_schedulable(job: PendingJobView, pools: Sequence[PoolView]) -> None:
             f"resources.pool or resources.accelerator"
         )
     largest = max(candidates, key=max_gang)
+    if job.device_range is not None:
+        if not any(gang_shapes(job, pool) for pool in candidates):
+            low, high = job.device_range
+            raise UnschedulableError(
+                f"resources.devices: no count from {low} to {high} splits global_batch "
+                f"{job.global_batch} evenly and fits a matching pool (largest gang "
+                f"{max_gang(largest)} on {largest.name!r}); widen the range or change the batch"
+            )
+        return
     if job.devices is not None and job.devices > max_gang(largest):
         raise UnschedulableError(
             f"resources.devices: asks for {job.devices} devices, but the largest matching pool "
@@ -115,6 +137,40 @@ def check_schedulable(job: PendingJobView, pools: Sequence[PoolView]) -> None:
         )
 
 
+SUMMARY_NODES = 4
+"""Pools with more nodes are summarised in pending reasons, not listed node by node."""
+
+
 def free_summary(nodes: Sequence[NodeView]) -> str:
-    """``"node-0: 1/8 free, node-1: 0/8 free"`` for pending reasons."""
-    return ", ".join(f"{n.name}: {len(n.free_devices)}/{n.devices} free" for n in nodes)
+    """``"node-0: 1/8 free, node-1: 0/8 free"`` for pending reasons; a large pool in totals:
+    ``"12/10000 free on 1250 nodes, at most 4 on one node"``."""
+    if len(nodes) <= SUMMARY_NODES:
+        return ", ".join(f"{n.name}: {len(n.free_devices)}/{n.devices} free" for n in nodes)
+    ready = [node for node in nodes if node.schedulable]
+    free = sum(len(node.free_devices) for node in ready)
+    largest = max((len(node.free_devices) for node in ready), default=0)
+    return (f"{free}/{sum(node.devices for node in nodes)} free on {len(nodes)} nodes, "
+            f"at most {largest} on one node")
+
+
+@dataclass(frozen=True, slots=True)
+class FreeView:
+    """What a pool has free, summed once (the cycle keeps one per pool and renews it only
+    when it admits there): lets a gang that cannot fit be told so without a node scan."""
+
+    total: int
+    largest_on_a_node: int
+    summary: str
+
+    @classmethod
+    def of(cls, pool: PoolView) -> FreeView:
+        ready = [node for node in pool.nodes if node.schedulable]
+        return cls(sum(len(node.free_devices) for node in ready),
+                   max((len(node.free_devices) for node in ready), default=0),
+                   free_summary(pool.nodes))
+
+    def could_fit(self, pool: PoolView, count: int) -> bool:
+        """False only when ``place_gang(pool, count)`` is sure to return None."""
+        if pool.backend in SINGLE_NODE_BACKENDS:
+            return count <= self.largest_on_a_node
+        return count <= self.total

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scheduler.db.migrate import head_revision
 from tests.builders import spec_dict
 
 CORRAL = [sys.executable, "-m", "api.cli"]
@@ -94,7 +95,14 @@ def test_pools_list_and_add(corral) -> None:  # type: ignore[no-untyped-def]
     added = corral("pools", "add", "h100", "--backend", "ray", "--accelerator", "H100-SXM",
                    "--nodes", "2", "--devices-per-node", "8", "--price", "3.5")
     assert added.returncode == 0, added.stderr
-    assert "16/16" in corral("pools").stdout
+    listed = corral("pools").stdout
+    assert "16/16" in listed
+    assert "989 (catalog)" in listed  # H100-SXM's dense bf16 peak from the catalog
+    assert "(pool)" in listed  # the local CPU pool's measured peak
+    custom = corral("pools", "add", "cpus", "--backend", "ray", "--accelerator", "cpu",
+                    "--nodes", "4", "--devices-per-node", "16", "--peak-tflops", "0.25")
+    assert custom.returncode == 0, custom.stderr
+    assert "0.25 (pool)" in corral("pools").stdout
     again = corral("pools", "add", "h100", "--backend", "ray", "--accelerator", "H100-SXM",
                    "--nodes", "1", "--devices-per-node", "8")
     assert again.returncode == 2 and "pool 'h100' exists already" in again.stderr
@@ -104,7 +112,7 @@ def test_db_upgrade_is_idempotent(corral, tmp_path: Path) -> None:  # type: igno
     url = f"sqlite:///{tmp_path / 'other.db'}"
     for _ in range(2):
         done = corral("db", "upgrade", "--url", url)
-        assert done.returncode == 0 and "database at revision 0002" in done.stdout
+        assert done.returncode == 0 and f"database at revision {head_revision()}" in done.stdout
 
 
 def test_plan_prints_ranked_candidates_and_refuses_what_fits_nowhere(
@@ -118,3 +126,46 @@ def test_plan_prints_ranked_candidates_and_refuses_what_fits_nowhere(
                 data__seq_len=4096, resources__devices=1)
     refused = corral("plan", huge)
     assert refused.returncode == 2 and "fits no pool: needs" in refused.stderr
+
+
+def test_plan_works_on_every_example(corral) -> None:  # type: ignore[no-untyped-def]
+    """One `corral plan` over every example: the pretraining job first, so that the jobs
+    starting from its export (model.path: job:pretrain-tiny) are planned on its config."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    first = examples / "pretrain-tiny.yaml"
+    files = [first, *sorted(p for p in examples.glob("*.yaml") if p != first)]
+    planned = corral("plan", *map(str, files))
+    assert planned.returncode == 0, planned.stderr
+    assert planned.stdout.count("\nbest: ") == len(files), planned.stdout
+    # LoRA trains replicated only; distillation holds the teacher beside the student
+    lora = planned.stdout.split("finetune-lora.yaml")[1].split("best: ")[1]
+    assert lora.startswith("local, ddp") or lora.startswith("local, single")
+    distill = planned.stdout.split("distill.yaml")[1].split("best: ")[1]
+    assert "(teacher)" in " ".join(distill.splitlines()[:3])
+
+
+def test_plan_names_the_missing_job_of_a_job_reference(corral) -> None:  # type: ignore[no-untyped-def]
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    refused = corral("plan", str(examples / "finetune-lora.yaml"))
+    assert refused.returncode == 2
+    assert "no job named 'pretrain-tiny' has run or is queued" in refused.stderr
+    assert "corral plan pretrain-tiny.yaml THIS.yaml" in refused.stderr
+
+
+def test_admin_sets_tenants_and_quotas_and_refuses_bad_ones(corral) -> None:  # type: ignore[no-untyped-def]
+    assert corral("admin", "tenant", "set", "team-a", "--cohort", "lab",
+                  "--weight", "2").returncode == 0
+    done = corral("admin", "quota", "set", "team-a", "--accelerator", "cpu", "--nominal", "1",
+                  "--borrowing-limit", "1")
+    assert done.returncode == 0, done.stderr
+    listed = corral("admin", "quota").stdout
+    assert "team-a" in listed and "lab" in listed
+    bad = corral("admin", "quota", "set", "team-a", "--accelerator", "cpu", "--nominal", "1",
+                 "--lending-limit", "3")
+    assert bad.returncode == 2
+    assert "lending_limit_devices 3 must be between 0 and nominal_devices 1" in bad.stderr
+    assert "│ 1 " in corral("admin", "quota").stdout  # the refused change wrote nothing
+    assert "│ 3 " not in corral("admin", "quota").stdout
+    both = corral("admin", "quota", "set", "team-a", "--cohort", "lab", "--accelerator", "cpu",
+                  "--nominal", "1")
+    assert both.returncode == 2 and "exactly one of a tenant or --cohort" in both.stderr

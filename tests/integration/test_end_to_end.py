@@ -85,7 +85,13 @@ def test_corral_run_trains_a_tiny_model_with_two_ranks(tmp_path: Path) -> None:
     checkpoints = sorted((home / "runs" / "job-1" / "checkpoints").glob("step-*"))
     assert checkpoints and not any(p.name.endswith(".tmp") for p in checkpoints)
     shown = _show(home)
-    assert "ddp world=2" in shown and "RUNNING → SUCCEEDED" in shown
+    assert "world=2" in shown and "RUNNING → SUCCEEDED" in shown
+    # the finished job's measured step times recalibrated η for the next plan
+    assert "calibration cpu/" in shown and "η" in shown
+    pools = subprocess.run(
+        [*CORRAL, "pools"], env=_env(home), capture_output=True, text=True, check=True
+    ).stdout
+    assert "(pool)" in pools  # the local CPU pool plans with its own measured peak
     queue = subprocess.run(
         [*CORRAL, "queue", "--all"], env=_env(home), capture_output=True, text=True, check=True
     ).stdout

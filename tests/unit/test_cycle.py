@@ -34,7 +34,7 @@ CASES = [
          (make_job(1).devices(3),), (), {1: "waiting for 3 devices in pool cpu (cpu-0: 2/4"}),
     Case("blocked head reserves its pool", make_cluster().pool("cpu", per_node=4, busy={0: 2}),
          (make_job(1).devices(4).priority(1), make_job(2).devices(1)), (),
-         {2: "reserved for higher-ordered job #1"}),
+         {2: "reserved for #1 (job1)"}),
     Case("other pools stay usable while one is reserved",
          make_cluster().pool("a", per_node=2, busy={0: 2}).pool("b", accelerator="gpu",
                                                                 per_node=2),
@@ -119,3 +119,44 @@ def test_unschedulable_jobs_are_rejected_at_submit(case: str, job: JobBuilder,
 def test_step_times_are_reported() -> None:
     result = run_cycle(make_cluster().pool("cpu").snapshot(make_job(1)))
     assert {"1_order", "total"} <= set(result.step_seconds)
+
+
+LLAMA_1B = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 2048,
+            "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 8,
+            "intermediate_size": 5632, "tie_word_embeddings": False}
+
+
+def _h100_job() -> JobBuilder:
+    return make_job(1).devices(8).batch(32).model(LLAMA_1B)
+
+
+def test_the_cycle_plans_with_the_calibrated_efficiency() -> None:
+    cluster = make_cluster().pool("h100", "H100-SXM", nodes=1, per_node=8)
+    prior = run_cycle(cluster.snapshot(_h100_job())).admissions[0].prediction
+    assert prior is not None
+    measured = {("H100-SXM", strategy, "pretrain"): 0.05
+                for strategy in ("ddp", "fsdp_full", "fsdp_grad_op", "tp")}
+    slow = run_cycle(cluster.snapshot(_h100_job(), calibration=measured)).admissions[0]
+    assert slow.prediction is not None and slow.prediction.efficiency == 0.05
+    assert slow.prediction.step_time_s > 5 * prior.step_time_s
+    # η measured on another job kind or accelerator does not apply
+    other = {("H100-SXM", "ddp", "finetune"): 0.05, ("A100-80G", "ddp", "pretrain"): 0.05}
+    again = run_cycle(cluster.snapshot(_h100_job(), calibration=other)).admissions[0]
+    assert again.prediction is not None and again.prediction.efficiency == prior.efficiency
+
+
+def test_a_deadline_that_cannot_be_met_admits_the_fastest_plan_with_a_warning() -> None:
+    cluster = make_cluster().pool("h100", "H100-SXM", nodes=1, per_node=8)
+    free = run_cycle(cluster.snapshot(_h100_job())).admissions[0]
+    late = run_cycle(cluster.snapshot(_h100_job().deadline(60.0))).admissions[0]
+    assert late.prediction is not None and free.prediction is not None
+    assert late.prediction.completion_s == free.prediction.completion_s
+    assert "the deadline can no longer be met" in late.warning
+    assert free.warning == ""
+
+
+def test_a_budget_no_plan_fits_keeps_the_job_pending_and_says_why() -> None:
+    cluster = make_cluster().pool("h100", "H100-SXM", nodes=1, per_node=8)
+    result = run_cycle(cluster.snapshot(_h100_job().budget(0.01)))
+    assert result.admissions == ()
+    assert "raise budget_usd" in result.pending_reasons[1]

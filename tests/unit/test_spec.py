@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,9 @@ BAD_SPECS = [
     ("model with both sources", {"model__path": "/x"}, ["exactly one of model.architecture"]),
     ("negative lr", {"optimizer__lr": -1}, ["optimizer.lr", "-1"]),
     ("bad name", {"name": "has space"}, ["name", "'has space'"]),
+    ("deadline word", {"deadline": "tomorrow"}, ["deadline", "'36h'", "ISO 8601"]),
+    ("deadline without zone", {"deadline": "2026-12-01T10:00"}, ["no time zone"]),
+    ("zero budget", {"budget_usd": 0}, ["budget_usd", "greater than 0"]),
 ]
 
 
@@ -311,3 +315,17 @@ def test_bad_compress_spec_is_rejected_with_a_clear_message(
         parse_spec(compress_dict(**overrides))
     for fragment in fragments:
         assert fragment in str(raised.value), f"{case}: {fragment!r} not in {raised.value}"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("36h", datetime(2026, 1, 2, 12, tzinfo=UTC)),
+    ("90m", datetime(2026, 1, 1, 1, 30, tzinfo=UTC)),
+    ("2d", datetime(2026, 1, 3, tzinfo=UTC)),
+    ("2026-03-01T08:00:00Z", datetime(2026, 3, 1, 8, tzinfo=UTC)),
+    ("2026-03-01T10:00:00+02:00", datetime(2026, 3, 1, 8, tzinfo=UTC)),
+])
+def test_a_deadline_is_a_duration_after_submission_or_a_moment(text: str,
+                                                               expected: datetime) -> None:
+    spec = parse_spec(spec_dict(deadline=text))
+    assert spec.deadline_at(datetime(2026, 1, 1, tzinfo=UTC)) == expected
+    assert parse_spec(spec_dict()).deadline_at(datetime(2026, 1, 1, tzinfo=UTC)) is None

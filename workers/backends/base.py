@@ -48,6 +48,11 @@ class Backend(Protocol):
         """SIGTERM the gang, wait up to ``grace_s`` for it to checkpoint and exit, then SIGKILL."""
         ...
 
+    def preempt(self, handle: str) -> None:
+        """SIGTERM the gang and return at once: its ranks checkpoint and exit on their own
+        (exit 75); the scheduler polls it like any gang and kills it if it overstays."""
+        ...
+
     def log_path(self, handle: str) -> str:
         """Path of the gang's combined log file."""
         ...

@@ -18,6 +18,8 @@ class FakeBackend:
     name: str = "fake"
     launched: list[LaunchRequest] = field(default_factory=list)
     fail_launch: bool = False
+    preempt_signals: list[str] = field(default_factory=list)
+    """Handles told to preempt, once per signal: tests count them."""
     _status: dict[str, GangStatus] = field(default_factory=dict)
     _logs: dict[str, str] = field(default_factory=dict)
 
@@ -36,6 +38,12 @@ class FakeBackend:
     def cancel(self, handle: str, grace_s: float = 30.0) -> None:
         if self._status.get(handle, GangStatus(GangPhase.FAILED)).phase is GangPhase.RUNNING:
             self._status[handle] = GangStatus(GangPhase.CANCELLED, -15, "cancelled")
+
+    def preempt(self, handle: str) -> None:
+        """Record the signal; the gang checkpoints and exits 75 as a real one would."""
+        self.preempt_signals.append(handle)
+        if self._status.get(handle, GangStatus(GangPhase.FAILED)).phase is GangPhase.RUNNING:
+            self._status[handle] = GangStatus(GangPhase.PREEMPTED, 75, "preempted")
 
     def log_path(self, handle: str) -> str:
         return self._logs.get(handle, "")

@@ -177,6 +177,16 @@ class LocalBackend:
                 f"for {_KILL_WAIT_S} s (stuck in the kernel?)"
             )
 
+    def preempt(self, handle: str) -> None:
+        """SIGTERM the gang without waiting (the ranks checkpoint and exit 75)."""
+        gang = _Gang.from_handle(handle)
+        if Path(gang.exit_path).exists():
+            return  # it ended on its own; that fate stands
+        if _alive(gang.pid, gang.start_ticks):
+            _signal_group(gang.pgid, signal.SIGTERM)
+        else:
+            signal_gang(gang.gang_id, signal.SIGTERM)
+
     def log_path(self, handle: str) -> str:
         """Path of the gang's combined log: supervisor, torchrun and every rank."""
         return _Gang.from_handle(handle).log_path
@@ -190,6 +200,26 @@ class LocalBackend:
             return LocalInventory(cpu_devices, 0)
         cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
         return LocalInventory(cpu_devices, cuda_devices)
+
+    def cpu_device_peak_flops(self, devices: int) -> float:
+        """Peak FLOP/s one device of a ``devices``-device CPU pool on this machine gets.
+
+        A CPU device is a rank slot: the ranks of a full pool share the cores evenly
+        (:func:`workers.core.distributed.cpu_threads_per_rank`), so this times the rank's GEMM
+        benchmark (:func:`workers.core.utilization.measure_cpu_peak`, the one ranks time for
+        MFU) on that many threads. Imports torch here only; about a quarter of a second.
+        """
+        import torch
+
+        from workers.core.distributed import cpu_threads_per_rank
+        from workers.core.utilization import measure_cpu_peak
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(cpu_threads_per_rank(devices))
+        try:
+            return measure_cpu_peak()
+        finally:
+            torch.set_num_threads(previous)
 
     def _torchrun_command(self, request: LaunchRequest) -> list[str]:
         ranks = ["--nproc-per-node", str(request.world_size)]

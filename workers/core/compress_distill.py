@@ -83,10 +83,9 @@ class DistillationTask:
         return self.base.eval_metrics(totals)
 
 
-def student_config(teacher: PreTrainedModel, changes: dict[str, Any]) -> dict[str, Any]:
-    """The teacher's config fields that shape the model, with ``changes`` applied."""
-    inherited = {name: value for name, value in teacher.config.to_diff_dict().items()
-                 if name not in _NOT_INHERITED}
+def student_config(teacher: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's config fields (a config dict) that shape the model, with ``changes``."""
+    inherited = {name: value for name, value in teacher.items() if name not in _NOT_INHERITED}
     return {**inherited, **changes}
 
 
@@ -94,7 +93,7 @@ def build_student(teacher: PreTrainedModel, changes: dict[str, Any],
                   tokenizer: TextTokenizer, seed: int) -> PreTrainedModel:
     """A freshly initialised student of the teacher's family, reading the same tokenizer."""
     spec = ModelSpec(architecture=teacher.config.model_type,
-                     config=student_config(teacher, changes))
+                     config=student_config(teacher.config.to_diff_dict(), changes))
     try:
         student = build_model(spec, tokenizer, seed)
     except SpecError as err:

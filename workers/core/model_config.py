@@ -8,12 +8,15 @@ size it) and hands that to :class:`scheduler.cost.flops.TransformerShape`.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from scheduler.cost.flops import TransformerShape
+from scheduler.cost.planner import ModelProfile, model_profile
 from scheduler.domain.errors import SpecError
 from scheduler.domain.locations import is_job_ref, local_path
-from scheduler.domain.spec import JobSpec
+from scheduler.domain.spec import JobKind, JobSpec
 
 BYTE_VOCAB = 258
 """256 byte values plus end-of-text and padding (workers.core.tokenizer.ByteTokenizer)."""
@@ -50,3 +53,68 @@ def resolved_model_config(spec: JobSpec) -> dict[str, Any]:
         return dict(AutoConfig.for_model(spec.model.architecture, **fields).to_dict())
     except ValueError as err:
         raise SpecError(f"model.architecture {spec.model.architecture!r}: {err}") from None
+
+
+def planning_profile(spec: JobSpec, config: dict[str, Any]) -> ModelProfile:
+    """The cost model's view of what ``spec`` runs on the model whose full config is ``config``.
+
+    pretrain and full finetune train the model as it is; LoRA trains its adapters only and runs
+    replicated (single device or DDP); distillation trains the student (the teacher's config
+    with the student's fields) while every rank holds the teacher and runs it forward;
+    quantize and prune run the model forward on one device.
+    """
+    seq_len = spec.data.seq_len
+    if spec.kind is JobKind.FINETUNE and spec.finetune is not None \
+            and spec.finetune.method == "lora":
+        return lora_profile(spec, config)
+    if spec.kind is JobKind.COMPRESS and spec.compress is not None:
+        teacher = model_profile(config, seq_len)
+        if spec.compress.method != "distill":
+            return replace(teacher, trainable_params=0.0, strategies=("single",), trains=False)
+        assert spec.compress.student is not None  # CompressSpec guarantees it for distill
+        student = full_student_config(config, spec.compress.student)
+        teacher_bytes = 2 if spec.precision in ("bf16", "fp16") else 4
+        return replace(model_profile(student, seq_len),
+                       resident_bytes=teacher.params * teacher_bytes,
+                       extra_flops_per_token=teacher.flops_per_token / 3)
+    return model_profile(config, seq_len)
+
+
+def lora_profile(spec: JobSpec, config: dict[str, Any]) -> ModelProfile:
+    """A LoRA finetune: adapters (and a new classification head) train, the base is frozen.
+
+    Parameters: the adapters count r·(in + out) per adapted matrix (peft's own matching of
+    target_modules; :meth:`TransformerShape.lora_parameter_count`). FLOPs per token: the frozen
+    matrices skip their weight gradients, 2·N of training's 6·N, while the adapters train in
+    full, 6·N_lora. Memory: frozen weights only, states for the trainable set, the activations
+    the adapted layers read (:class:`scheduler.cost.memory.Adapters`). Runs replicated only."""
+    finetune = spec.finetune
+    assert finetune is not None
+    lora = finetune.lora_settings
+    shape = TransformerShape.from_config(config)
+    try:
+        adapters = shape.lora_parameter_count(lora.target_modules, lora.r)
+        reads = tuple(layer.reads for layer in shape.adapted_layers(lora.target_modules))
+    except ValueError as err:
+        raise SpecError(f"finetune.lora: {err}") from None
+    head = shape.hidden_size * finetune.num_labels + finetune.num_labels \
+        if finetune.task == "classification" and finetune.num_labels else 0
+    base = model_profile(config, spec.data.seq_len, trainable_params=adapters + head)
+    frozen_weight_grads = 2 * shape.matmul_parameters
+    return replace(
+        base, params=base.params + adapters + head,
+        flops_per_token=base.flops_per_token - frozen_weight_grads + 6 * adapters,
+        recompute_flops_per_token=(base.recompute_flops_per_token or base.flops_per_token)
+        - frozen_weight_grads + 6 * adapters,
+        strategies=("single", "ddp"), adapter_reads=reads, adapter_dropout=lora.dropout > 0)
+
+
+def full_student_config(teacher: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A distillation student's full config: the teacher's with ``changes``, by the rule
+    :func:`workers.core.compress_distill.build_student` follows, reading the same vocabulary."""
+    from transformers import AutoConfig
+
+    from workers.core.compress_distill import student_config
+
+    fields = {**student_config(teacher, changes), "vocab_size": teacher["vocab_size"]}
+    return dict(AutoConfig.for_model(teacher["model_type"], **fields).to_dict())
