@@ -243,8 +243,11 @@ def run_cycle(snapshot: Snapshot, timer: Callable[[], float] = time.perf_counter
     seconds: dict[str, float] = {}
     started = timer()
 
-    # 1. Order.
+    # 1. Order; with quotas, jobs that fit their tenant's nominal quota go before jobs that
+    #    would borrow (Kueue's rule), so a reclaimed borrower cannot re-borrow at once.
     ordered = order_pending(snapshot, config)
+    if config.quotas.tenants:
+        ordered = _nominal_first(ordered, snapshot, config)
     seconds["1_order"] = timer() - started
 
     pools: dict[int, PoolView] = {pool.pool_id: pool for pool in snapshot.pools}
@@ -297,7 +300,7 @@ def run_cycle(snapshot: Snapshot, timer: Callable[[], float] = time.perf_counter
                                   config.quotas)
             if not decision.ok:
                 waits.append(decision.reason)
-                if config.preemption:
+                if config.preemption and reservation is None:
                     waits += _reclaim(job, pool, best.devices, held, running, config,
                                       preemptions)
                 continue
@@ -333,13 +336,18 @@ def run_cycle(snapshot: Snapshot, timer: Callable[[], float] = time.perf_counter
             break
         if admitted:
             continue
-        # 8. Preempt for the blocked job, and reserve what it wanted.
+        # 8. Preempt for the blocked job (only where it is the first blocked job, so the
+        #    devices it frees cannot go to a job ordered ahead of it, and in one pool only),
+        #    and reserve what it wanted.
+        preempted = False
         for pool, devices in blocked_on:
-            if config.preemption and any(
-                    other.pool_id == pool.pool_id
-                    and (other.preempting or other.priority < job.priority)
-                    for other in running):
-                waits += _preempt(job, pool, devices, running, preemptions)
+            if config.preemption and not preempted and pool.pool_id not in reservations \
+                    and any(other.pool_id == pool.pool_id
+                            and (other.preempting or other.priority < job.priority)
+                            for other in running):
+                found = _preempt(job, pool, devices, running, preemptions)
+                waits += found
+                preempted = bool(found)
             if pool.pool_id not in reservations:
                 reservations[pool.pool_id] = reserve(job.job_id, job.name, pool, devices,
                                                      running)
@@ -347,6 +355,30 @@ def run_cycle(snapshot: Snapshot, timer: Callable[[], float] = time.perf_counter
     seconds["2_8_match_quota_shape_plan_admit"] = timer() - placing_started
     seconds["total"] = timer() - started
     return CycleResult(tuple(admissions), reasons, seconds, tuple(preemptions))
+
+
+def _nominal_first(ordered: list[PendingJobView], snapshot: Snapshot,
+                   config: PolicyConfig) -> list[PendingJobView]:
+    """``ordered`` with the jobs that would borrow quota moved behind the others (stable)."""
+    held: dict[tuple[str, str], int] = {}
+    for job in snapshot.running:
+        key = (job.tenant, job.accelerator.lower())
+        held[key] = held.get(key, 0) + job.devices
+    accelerators = {pool.accelerator for pool in snapshot.pools}
+
+    def borrows(job: PendingJobView) -> bool:
+        wanted = job.device_range[0] if job.device_range else (job.devices or 1)
+        kinds = [job.accelerator] if job.accelerator else sorted(accelerators)
+        for kind in kinds:
+            quota = config.quotas.for_tenant(job.tenant, kind)
+            if quota is None or held.get((job.tenant, kind.lower()), 0) + wanted \
+                    <= quota.nominal_devices:
+                return False
+        return True
+
+    flags = [borrows(job) for job in ordered]
+    return [job for job, late in zip(ordered, flags, strict=True) if not late] + \
+        [job for job, late in zip(ordered, flags, strict=True) if late]
 
 
 def _may_pass(job: PendingJobView, reservation: Reservation, config: PolicyConfig) -> bool:

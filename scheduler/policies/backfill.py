@@ -47,8 +47,7 @@ def reserve(job_id: int, job_name: str, pool: PoolView, devices: int,
     """The reservation of a job of ``devices`` on ``pool`` (module docstring)."""
     free = pool.free_devices
     start_s = 0.0
-    ends = sorted((0.0 if job.preempting else (math.inf if job.predicted_end_s is None
-                                               else max(0.0, job.predicted_end_s)), job.devices)
+    ends = sorted((0.0 if job.preempting else _end_s(job), job.devices)
                   for job in running if job.pool_id == pool.pool_id)
     for end_s, held in ends:
         if free >= devices:
@@ -58,6 +57,15 @@ def reserve(job_id: int, job_name: str, pool: PoolView, devices: int,
     if free < devices:
         start_s = math.inf
     return Reservation(job_id, job_name, devices, start_s, max(0, free - devices))
+
+
+def _end_s(job: RunningJobView) -> float:
+    """When a running job is expected to free its devices: its predicted end, or unknown
+    (infinite) without a prediction or once it has overrun it — an overrun says the prediction
+    was wrong, and taking it as "ending now" would let backfill delay the reserved job."""
+    if job.predicted_end_s is None or job.predicted_end_s < 0:
+        return math.inf
+    return job.predicted_end_s
 
 
 def may_backfill(reservation: Reservation, devices: int,

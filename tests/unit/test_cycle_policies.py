@@ -206,3 +206,35 @@ def test_tensor_parallel_groups_stay_inside_a_node() -> None:
         preemption=False)).admissions
     assert admission.plan.nodes == 2
     assert 4 % admission.plan.tp == 0
+
+
+# --- preemption without thrash -------------------------------------------------------------
+
+
+def test_only_the_first_blocked_job_of_a_pool_preempts_there() -> None:
+    # job 2 (aged to the front by the order) is blocked first and reserves the pool; job 3,
+    # of higher raw priority but ordered behind it, may not preempt for devices job 2 would
+    # then take
+    cluster = make_cluster().pool("cpu", per_node=2).run(1, "cpu", 2, priority=0)
+    ahead = make_job(2).devices(2).priority(0)
+    urgent = make_job(3).devices(2).priority(5)
+    result = run_cycle(cluster.snapshot(ahead, urgent), config=PolicyConfig(ordering="fifo"))
+    assert result.preemptions == ()
+    assert "reserved for #2 (job2)" in result.pending_reasons[3]
+
+
+def test_a_job_blocked_on_two_pools_preempts_in_one_only() -> None:
+    cluster = (make_cluster().pool("a", per_node=2).pool("b", per_node=2)
+               .run(1, "a", 2).run(2, "b", 2))
+    result = run_cycle(cluster.snapshot(make_job(3).devices(2).priority(5)))
+    assert len(result.preemptions) == 1
+
+
+def test_jobs_within_nominal_quota_go_before_jobs_that_would_borrow() -> None:
+    config = PolicyConfig(ordering="fifo", preemption=False, quotas=Quotas((
+        TenantQuota("a", "cpu", 2, cohort="lab"), TenantQuota("b", "cpu", 2, cohort="lab"))))
+    cluster = make_cluster().pool("cpu", per_node=4).run(1, "cpu", 2, tenant="a")
+    borrower = make_job(2).devices(2).tenant("a")  # a holds its 2 already: would borrow
+    owner = make_job(3).devices(2).tenant("b")
+    result = run_cycle(cluster.snapshot(borrower, owner), config=config)
+    assert [a.job_id for a in result.admissions] == [3]
