@@ -47,6 +47,8 @@ class Accelerator:
         return replace(self, **fields)
 
 
+# fmt: off
+# One row per accelerator, positional as the dataclass reads, each with its sources.
 CATALOG: dict[str, Accelerator] = {
     row.name: row
     for row in (
@@ -107,22 +109,42 @@ CATALOG: dict[str, Accelerator] = {
 }
 
 CPU_PLACEHOLDER = Accelerator(
-    "cpu", 50e9, 16 * GB, 20 * GB, 10 * GB, 1.25 * GB, 0.0, 1, "cpu",
-    # Placeholder until the pool's own GEMM micro-benchmark replaces peak_bf16_flops: ~50 GFLOP/s
-    # is one AVX2 core doing fp32 FMA at ~3 GHz (2 FMA units × 8 lanes × 2 FLOP). Memory is the
-    # node's RAM share per rank; loopback gloo "links" are memory copies (~10 GB/s).
+    "cpu", 50e9, 16 * GB, 25 * GB, 1.2 * GB, 1.25 * GB, 0.0, 1, "cpu",
+    # One rank with one thread. Placeholder peak until the pool's own GEMM micro-benchmark
+    # replaces peak_bf16_flops: ~50 GFLOP/s is one AVX2 core doing fp32 FMA at ~3 GHz
+    # (2 FMA units × 8 lanes × 2 FLOP). Memory is the node's RAM share per rank. Measured on a
+    # 2-core AMD EPYC VM shared with other work, `.venv/bin/python bench/cpu_links.py`, fastest
+    # of 15 in each of several invocations:
+    # - memory bandwidth 25 GB/s: the trainer's clip + AdamW on a 3.3 M-parameter Llama in
+    #   8.6–10 ms, at 84 B per parameter (scheduler.cost.time.OPTIMIZER_BYTES_PER_PARAM)
+    #   28–32 GB/s; the medians, 11–15 ms, 18–25 GB/s;
+    # - intra-node 1.2 GB/s: a loopback gloo all-reduce of 16 MiB between 2 ranks in
+    #   11.5–15 ms, 2·(n−1)/n · 16 MiB sent per rank: 1.1–1.5 GB/s (4 ranks on the 2 cores:
+    #   0.4–0.9 GB/s). Gloo moves the bytes through TCP loopback. A 4-byte all-reduce takes
+    #   0.1–0.2 ms (4 ranks: 0.2–0.45 ms, medians up to 1.6 ms), a latency this row has no
+    #   field for.
     "placeholder; measured per pool",
 )
+# fmt: on
 
-ALIASES = {"a100": "A100-80G", "h100": "H100-SXM", "h200": "H200", "l4": "L4",
-           "v4": "TPU-v4", "v5e": "TPU-v5e", "v5p": "TPU-v5p", "v6e": "TPU-v6e"}
+ALIASES = {
+    "a100": "A100-80G",
+    "h100": "H100-SXM",
+    "h200": "H200",
+    "l4": "L4",
+    "v4": "TPU-v4",
+    "v5e": "TPU-v5e",
+    "v5p": "TPU-v5p",
+    "v6e": "TPU-v6e",
+}
 
 
 def lookup(name: str, overrides: dict[str, Any] | None = None) -> Accelerator:
     """The catalog row for ``name`` (case-insensitive, aliases allowed), with pool overrides."""
     key = name.strip()
     row = CATALOG.get(key) or next(
-        (r for n, r in CATALOG.items() if n.lower() == key.lower()), None)
+        (r for n, r in CATALOG.items() if n.lower() == key.lower()), None
+    )
     if row is None and key.lower() in ALIASES:
         row = CATALOG[ALIASES[key.lower()]]
     if row is None and key.lower() == "cpu":

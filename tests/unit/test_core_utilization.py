@@ -40,7 +40,7 @@ def test_the_worker_counts_flops_with_the_cost_models_formula() -> None:
              "intermediate_size": 128}
     # 6·N + 12·L·H·d_h·S with N = 2·(2·64·64 + 2·64·32 + 3·64·128) + 64·258, S = 32.
     assert model_flops_per_token(llama, seq_len=32) == 6 * (2 * 36_864 + 16_512) + 12 * 2 * 64 * 32
-    assert model_flops_per_token({"model_type": "bert"}, seq_len=32) is None
+    assert model_flops_per_token({"model_type": "t5"}, seq_len=32) is None
 
 
 def test_the_cpu_peak_is_a_plausible_measured_rate() -> None:
