@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from scheduler.cost.calibration import EfficiencyEstimate, observed_efficiency, update
+from scheduler.cost.calibration import EfficiencyEstimate, StepObservation, update
 from scheduler.db import repo
 from scheduler.db.models import Calibration, Job, utcnow
 
@@ -83,9 +83,10 @@ def recalibrate(session: Any, job: Job) -> float | None:
     # Once per attempt: the samples stay for `corral show` until the next attempt starts.
     job.prediction = {**prediction, "calibrated_attempt": job.attempts}
     used = float(prediction["efficiency"])
-    compute_s = float(prediction["compute_s"])
-    other_s = float(prediction["step_time_s"]) - compute_s
-    observed = observed_efficiency(compute_s * used, 1.0, measured, other_s)
+    observed = StepObservation(
+        (str(prediction["accelerator"]), str(prediction["strategy"])),
+        float(prediction["step_time_s"]), float(prediction["compute_s"]), used, measured,
+    ).observed_efficiency()
     key = (str(prediction["accelerator"]), str(prediction["strategy"]), job.kind)
     row = _locked_row(session, key)
     estimate = update(EfficiencyEstimate(row.efficiency, row.observations)

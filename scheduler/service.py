@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from scheduler.calibrate import measured_step_time, recalibrate, record_step_tim
 from scheduler.cost.hardware import lookup
 from scheduler.cycle import Admission, CycleResult, run_cycle
 from scheduler.db import repo
-from scheduler.db.models import Job, Pool, utcnow
+from scheduler.db.models import Job, Pool, as_utc, utcnow
 from scheduler.db.session import Database
 from scheduler.db.snapshot import policy_config, snapshot
 from scheduler.domain.errors import BackendError, CorralError, SpecError, UnschedulableError
@@ -241,7 +240,7 @@ class SchedulerService:
                     job = repo.get_job(session, job_id, lock=True)
                     job.preempt_signalled_at = utcnow()
                     repo.note(session, job, "SIGTERM sent: checkpoint and stop for preemption")
-            elif (utcnow() - _aware(signalled_at)).total_seconds() > self.grace_s:
+            elif (utcnow() - as_utc(signalled_at)).total_seconds() > self.grace_s:
                 log.warning("job %s ignored its preemption for %.0f s; killing it", job_id,
                             self.grace_s)
                 backend.cancel(handle, 0.0)
@@ -323,9 +322,7 @@ class SchedulerService:
             job = repo.get_job(session, job_id, lock=True)
             if job.state != JobState.ADMITTED.value or job.backend_handle is not None:
                 return
-            admitted_at = repo.events(session, job_id)[-1].time
-            if admitted_at.tzinfo is None:  # SQLite returns naive datetimes
-                admitted_at = admitted_at.replace(tzinfo=UTC)
+            admitted_at = as_utc(repo.events(session, job_id)[-1].time)
             if (utcnow() - admitted_at).total_seconds() < UNLAUNCHED_TIMEOUT_S:
                 return  # its dispatcher is most likely launching it right now
             repo.release(session, job)
@@ -474,10 +471,6 @@ class SchedulerService:
     def job_state(self, job_id: int) -> JobState:
         with self.db.read() as session:
             return JobState(repo.get_job(session, job_id).state)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _peak_flops(pool: PoolView) -> tuple[float | None, str]:

@@ -24,6 +24,7 @@ from scheduler.db.models import (
     Pool,
     Quota,
     Tenant,
+    as_utc,
     utcnow,
 )
 from scheduler.db.repo import calibration_table, load_pool_views
@@ -42,11 +43,6 @@ from scheduler.policies.quota import CohortQuota, Quotas, TenantQuota
 
 HISTORY_HALF_LIVES = 6
 """Usage older than this many half-lives weighs under 2 % (2^-6) and is not read."""
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes; they were stored as UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def snapshot(session: Session, config: PolicyConfig | None = None,
@@ -77,17 +73,17 @@ def pending_views(session: Session, now: datetime) -> tuple[PendingJobView, ...]
                    func.count()).where(Allocation.job_id.in_(ids),
                                        Allocation.released_at.is_not(None))
             .group_by(Allocation.job_id, Allocation.allocated_at, Allocation.released_at)):
-        seconds = (_aware(ended) - _aware(started)).total_seconds()
+        seconds = (as_utc(ended) - as_utc(started)).total_seconds()
         attained[job_id] += devices * seconds
-        if job_id not in last_run or last_run[job_id][0] < _aware(started):
-            last_run[job_id] = (_aware(started), seconds)
+        if job_id not in last_run or last_run[job_id][0] < as_utc(started):
+            last_run[job_id] = (as_utc(started), seconds)
     views = []
     for job in jobs:
         since = queued_at.get(job.id, job.submitted_at)
-        deadline_s = (_aware(job.deadline_at) - now).total_seconds() if job.deadline_at else None
+        deadline_s = (as_utc(job.deadline_at) - now).total_seconds() if job.deadline_at else None
         views.append(PendingJobView.from_spec(
             job.id, JobSpec.model_validate(job.spec), job.priority, job.model_profile,
-            deadline_s, waited_s=(now - _aware(since)).total_seconds(),
+            deadline_s, waited_s=(now - as_utc(since)).total_seconds(),
             attained_device_s=attained.get(job.id, 0.0),
             last_run_s=last_run.get(job.id, (now, 0.0))[1]))
     return tuple(views)
@@ -107,7 +103,7 @@ def running_views(session: Session, now: datetime) -> tuple[RunningJobView, ...]
                    Allocation.allocated_at)
             .where(Allocation.job_id.in_(ids), Allocation.released_at.is_(None))):
         held[job_id].append((node_id, device))
-        since[job_id] = _aware(allocated)
+        since[job_id] = as_utc(allocated)
     checkpointed = dict(session.execute(
         select(Checkpoint.job_id, func.max(Checkpoint.created_at))
         .where(Checkpoint.job_id.in_(ids)).group_by(Checkpoint.job_id)).all())
@@ -118,9 +114,9 @@ def running_views(session: Session, now: datetime) -> tuple[RunningJobView, ...]
         devices = tuple(sorted(held.get(job.id, ())))
         if not devices or job.pool_id is None:
             continue
-        started = job.started_at and _aware(job.started_at) or since.get(job.id, now)
+        started = job.started_at and as_utc(job.started_at) or since.get(job.id, now)
         last = checkpointed.get(job.id)
-        safe_since = max(started, _aware(last)) if last is not None else started
+        safe_since = max(started, as_utc(last)) if last is not None else started
         per_node: dict[int, int] = defaultdict(int)
         for node_id, _ in devices:
             per_node[node_id] += 1
@@ -150,8 +146,8 @@ def tenant_shares(session: Session, pools: tuple, config: FairShareConfig,
                | (Allocation.released_at >= datetime.fromtimestamp(oldest, UTC)))
         .group_by(Tenant.name, Pool.accelerator, Allocation.allocated_at,
                   Allocation.released_at))
-    records = [UsageRecord(tenant, accelerator, count, _aware(start).timestamp(),
-                           _aware(end).timestamp() if end is not None else now.timestamp())
+    records = [UsageRecord(tenant, accelerator, count, as_utc(start).timestamp(),
+                           as_utc(end).timestamp() if end is not None else now.timestamp())
                for tenant, accelerator, start, end, count in rows]
     if not records:
         return {}
