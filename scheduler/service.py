@@ -26,15 +26,22 @@ from sqlalchemy.exc import IntegrityError
 from scheduler.calibrate import measured_step_time, recalibrate, record_step_time
 from scheduler.cost.hardware import lookup
 from scheduler.cycle import Admission, CycleResult, run_cycle
-from scheduler.db import repo
-from scheduler.db.models import Job, Pool, as_utc, utcnow
+from scheduler.db import repo, submissions
+from scheduler.db.models import Job, Pool, Tenant, as_utc, utcnow
 from scheduler.db.session import Database
 from scheduler.db.snapshot import policy_config, snapshot
+from scheduler.db.submissions import SubmitLimits, Submitted
 from scheduler.domain.errors import BackendError, CorralError, SpecError, UnschedulableError
 from scheduler.domain.locations import is_job_ref, job_ref_name
 from scheduler.domain.plan import Plan
 from scheduler.domain.resources import PendingJobView, PoolView
-from scheduler.domain.spec import JobSpec, check_files_exist, parse_spec
+from scheduler.domain.spec import (
+    JobSpec,
+    check_files_exist,
+    env_of,
+    parse_spec,
+    redact_spec,
+)
 from scheduler.domain.state import LIVE_STATES, JobState
 from scheduler.planning import ModelInput, plan_spec, profile_fields
 from scheduler.policies.config import Ordering
@@ -114,12 +121,31 @@ class SchedulerService:
             update={"model": spec.model.model_copy(update={"path": str(export)})})
 
     def submit(self, spec: JobSpec, model: ModelInput | None = None) -> int:
-        """Validate and store ``spec`` as a PENDING job; return its id.
+        """Validate and store ``spec`` as a PENDING job; return its id (:meth:`submit_request`
+        without limits or idempotency, as embedded mode submits)."""
+        return self.submit_request(spec, model).job_id
+
+    def submit_request(self, spec: JobSpec, model: ModelInput | None = None, *,
+                       idempotency_key: str | None = None, request_sha256: str = "",
+                       limits: SubmitLimits | None = None,
+                       is_admin: bool = True) -> Submitted:
+        """Validate and store ``spec`` as a PENDING job, once per idempotency key.
 
         With the planner's view of the model (``workers.core.model_config.planning_profile``,
         or a pretraining model's full config) the cost model checks the job fits some pool
         within its deadline and budget, and the cycle later picks its plan by prediction.
+        In the storing transaction the tenant's row is locked and its limits checked
+        (:mod:`scheduler.db.submissions`); a repeated key with the same ``request_sha256``
+        returns the job the first submission made, committed before this returns.
         """
+        limits = limits or SubmitLimits()
+        if idempotency_key is not None:
+            with self.db.read() as session:
+                tenant = repo.find_tenant(session, spec.tenant)
+                earlier = None if tenant is None else submissions.find_by_key(
+                    session, tenant.id, idempotency_key, request_sha256)
+            if earlier is not None:
+                return Submitted(earlier, created=False)
         spec = self.resolve_job_reference(spec)
         self.validate(spec)
         profile = None
@@ -128,12 +154,39 @@ class SchedulerService:
             if report.best is None:
                 raise UnschedulableError(f"{spec.name} fits no pool: {report.smallest_fix()}")
             profile = profile_fields(spec, model)
-        with self.db.write() as session:
-            job = repo.create_job(session, spec)
-            job.model_profile = profile
-            job.deadline_at = spec.deadline_at(utcnow())
-            job.run_dir = str(self.runs_dir / f"job-{job.id}")
-            return job.id
+        try:
+            with self.db.write() as session:
+                tenant_id = repo.get_or_create_tenant(session, spec.tenant).id
+                tenant = submissions.lock_tenant(session, tenant_id)
+                if idempotency_key is not None:
+                    earlier = submissions.find_by_key(session, tenant.id, idempotency_key,
+                                                      request_sha256)
+                    if earlier is not None:
+                        return Submitted(earlier, created=False)
+                submissions.check_priority(tenant, spec.resources.priority, limits, is_admin)
+                now = utcnow()
+                submissions.check_limits(session, tenant, limits, now)
+                job = repo.create_job(session, spec)
+                job.submitted_at = now
+                job.model_profile = profile
+                job.deadline_at = spec.deadline_at(now)
+                job.run_dir = str(self.runs_dir / f"job-{job.id}")
+                if idempotency_key is not None:
+                    submissions.remember_key(session, tenant.id, idempotency_key,
+                                             request_sha256, job.id)
+                return Submitted(job.id, created=True)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+        # Another replica stored the same key between our check and our commit: its job wins.
+        with self.db.read() as session:
+            tenant = repo.find_tenant(session, spec.tenant)
+            earlier = None if tenant is None else submissions.find_by_key(
+                session, tenant.id, idempotency_key, request_sha256)
+        if earlier is None:
+            raise CorralError("the submission conflicted with another and was not stored; "
+                              "submit again")
+        return Submitted(earlier, created=False)
 
     # --- the tick ---------------------------------------------------------------------------
 
@@ -266,7 +319,8 @@ class SchedulerService:
         request = LaunchRequest(job_id=admission.job_id, attempt=attempt,
                                 world_size=admission.plan.world_size, job_file=str(job_path),
                                 log_path=str(run_dir / "logs" / f"attempt-{attempt}.log"),
-                                nodes=admission.plan.nodes, devices=held)
+                                nodes=admission.plan.nodes, devices=held,
+                                env=env_of(job.spec))
         try:
             if backend is None:
                 raise BackendError(f"no backend {admission.backend!r} is configured here")
@@ -388,10 +442,31 @@ class SchedulerService:
 
     # --- cancel -----------------------------------------------------------------------------
 
-    def cancel(self, job_id: int, reason: str = "cancelled by user") -> str:
+    def request_cancel(self, job_id: int, reason: str = "cancelled by user",
+                       tenant: str | None = None) -> str:
+        """Cancel a job without waiting for its gang (what the REST API does).
+
+        A job holding no devices is CANCELLED at once; a running one is marked, and the leading
+        scheduler's next tick sends its gang SIGTERM (SIGKILL after the grace period) and
+        settles it CANCELLED. Returns the state now."""
+        with self.db.write() as session:
+            job = repo.get_job(session, job_id, lock=True, tenant=tenant)
+            state = JobState(job.state)
+            if state in (JobState.PENDING, JobState.PREEMPTED):
+                repo.transition(session, job, JobState.CANCELLED, reason)
+            elif state in LIVE_STATES and not job.cancel_requested:
+                job.cancel_requested = True
+                repo.note(session, job, f"cancel requested: {reason}")
+                if job.backend_handle is None:
+                    repo.release(session, job)
+                    repo.transition(session, job, JobState.CANCELLED, reason)
+            return job.state
+
+    def cancel(self, job_id: int, reason: str = "cancelled by user",
+               tenant: str | None = None) -> str:
         """Cancel a job: at once if it holds no devices, else SIGTERM its gang and settle it."""
         with self.db.write() as session:
-            job = repo.get_job(session, job_id, lock=True)
+            job = repo.get_job(session, job_id, lock=True, tenant=tenant)
             state = JobState(job.state)
             if state in (JobState.PENDING, JobState.PREEMPTED):
                 repo.transition(session, job, JobState.CANCELLED, reason)
@@ -419,22 +494,30 @@ class SchedulerService:
 
     # --- read side (JSON-able answers, the same shapes the REST API will serve) --------------
 
-    def queue(self, include_finished: bool = False, limit: int = 200) -> list[dict[str, Any]]:
-        states = None if include_finished else [
-            JobState.PENDING, JobState.ADMITTED, JobState.RUNNING, JobState.PREEMPTED]
+    def queue(self, include_finished: bool = False, limit: int = 200,
+              tenant: str | None = None, states: list[JobState] | None = None,
+              name: str | None = None, before_id: int | None = None) -> list[dict[str, Any]]:
+        """Jobs newest first: live ones (or ``states``; every one with ``include_finished``),
+        of ``tenant`` when given, named ``name`` when given, with ids below ``before_id``."""
+        if states is None and not include_finished:
+            states = [JobState.PENDING, JobState.ADMITTED, JobState.RUNNING, JobState.PREEMPTED]
         with self.db.read() as session:
             pools = {pool.id: pool.name for pool in repo.list_pools(session)}
-            return [job_summary(job, pools.get(job.pool_id or -1))
-                    for job in repo.list_jobs(session, states=states, limit=limit)]
+            tenants = dict(session.execute(select(Tenant.id, Tenant.name)).tuples().all())
+            return [{**job_summary(job, pools.get(job.pool_id or -1)),
+                     "tenant": tenants.get(job.tenant_id)}
+                    for job in repo.list_jobs(session, states=states, limit=limit,
+                                              tenant=tenant, name=name, before_id=before_id)]
 
-    def describe(self, job_id: int) -> dict[str, Any]:
-        """Everything about one job: spec, plan, progress, events, checkpoints, why pending."""
+    def describe(self, job_id: int, tenant: str | None = None) -> dict[str, Any]:
+        """Everything about one job: spec (secret env values masked), plan, progress, events,
+        checkpoints, why pending. With ``tenant``, another tenant's job is not found."""
         with self.db.read() as session:
-            job = repo.get_job(session, job_id)
+            job = repo.get_job(session, job_id, tenant=tenant)
             pool = session.get(Pool, job.pool_id) if job.pool_id else None
             info = job_summary(job, pool.name if pool else None)
             info.update(
-                spec=job.spec, plan_detail=job.plan, run_dir=job.run_dir,
+                spec=redact_spec(job.spec), plan_detail=job.plan, run_dir=job.run_dir,
                 max_attempts=job.max_attempts, pending_reason=job.pending_reason,
                 eval_loss=job.eval_loss, predicted_step_time_s=job.predicted_step_time_s,
                 predicted_run_time_s=job.predicted_run_time_s,
@@ -459,18 +542,19 @@ class SchedulerService:
                  "price_per_device_hour": p.price_per_device_hour,
                  "peak_flops": _peak_flops(p)} for p in views]
 
-    def log_path(self, job_id: int, attempt: int | None = None) -> Path | None:
+    def log_path(self, job_id: int, attempt: int | None = None,
+                 tenant: str | None = None) -> Path | None:
         """The log of ``attempt`` (default: the latest) of a job, if it has started."""
         with self.db.read() as session:
-            job = repo.get_job(session, job_id)
+            job = repo.get_job(session, job_id, tenant=tenant)
             chosen = attempt or job.attempts
             if not job.run_dir or chosen < 1:
                 return None
             return Path(job.run_dir) / "logs" / f"attempt-{chosen}.log"
 
-    def job_state(self, job_id: int) -> JobState:
+    def job_state(self, job_id: int, tenant: str | None = None) -> JobState:
         with self.db.read() as session:
-            return JobState(repo.get_job(session, job_id).state)
+            return JobState(repo.get_job(session, job_id, tenant=tenant).state)
 
 
 def _peak_flops(pool: PoolView) -> tuple[float | None, str]:

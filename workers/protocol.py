@@ -67,8 +67,11 @@ class JobFile:
         return Path(self.run_dir) / EXPORT_DIR_NAME
 
     def write(self, path: Path) -> None:
+        # Owner-only: the spec may carry secret env values.
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(asdict(self), indent=2))
         os.replace(tmp, path)
 
     @classmethod

@@ -16,10 +16,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from api.cli.admin import admin
-from api.cli.plan_inputs import model_profile_for, submit_profile
 from api.cli.render import plan_table, pools_table, progress_line, queue_table, show_job, state_text
 from api.cli.sim import sim
 from api.embedded import open_embedded
+from api.model_inputs import model_profile_for, submit_profile
 from scheduler.db import repo
 from scheduler.db.migrate import upgrade
 from scheduler.db.session import Database, default_url

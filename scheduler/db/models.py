@@ -63,6 +63,13 @@ class Tenant(Base):
     weight: Mapped[float] = mapped_column(Float, default=1.0)
     cohort: Mapped[str | None] = mapped_column(String(128), default=None)
     """The cohort whose members lend each other idle quota (scheduler.policies.quota)."""
+    max_pending_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    """Most jobs the tenant may have waiting (PENDING) at once; None: the server's default."""
+    submissions_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
+    """Most submissions the tenant may make in any 60 s; None: the server's default."""
+    max_priority: Mapped[int | None] = mapped_column(Integer, default=None)
+    """Highest ``resources.priority`` a member of the tenant may ask for; None: the server's
+    default. Admins may set any priority."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -72,8 +79,15 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
     token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    """SHA-256 of the token (hex). Tokens are 256 random bits, so a fast hash is enough: there
+    is nothing to brute-force the way there is with a chosen password."""
     role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128), default="")
+    """What the token is for ("ci", "alice's laptop"), shown in listings."""
+    prefix: Mapped[str] = mapped_column(String(16), default="")
+    """The token's first characters, shown in listings so a user can tell tokens apart."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
     __table_args__ = (CheckConstraint("role IN ('admin', 'member')", name="role"),)
@@ -203,6 +217,8 @@ class Job(Base):
         ),
         CheckConstraint("attempts >= 0 AND max_attempts >= 1", name="attempts"),
         Index("ix_job_state_priority", "state", "priority", "id"),
+        Index("ix_job_tenant_submitted", "tenant_id", "submitted_at"),
+        Index("ix_job_tenant_state", "tenant_id", "state"),
     )
 
 
@@ -214,6 +230,9 @@ class Allocation(Base):
     node_id: Mapped[int] = mapped_column(ForeignKey("node.id"))
     device_index: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[int] = mapped_column(Integer, default=0)
+    lease_epoch: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    """Fencing epoch of the scheduler lease held by the replica that made this allocation
+    (scheduler.db.lease); None in embedded mode, where one process schedules."""
     allocated_at: Mapped[datetime] = mapped_column(default=utcnow)
     released_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -271,4 +290,42 @@ class Calibration(Base):
 
     __table_args__ = (
         UniqueConstraint("accelerator", "strategy", "kind", name="uq_calibration_key"),
+    )
+
+
+class SchedulerLease(Base):
+    """Who leads the scheduling cycle among the server replicas, until when, at which epoch.
+
+    One row per lease name. Taking the lease over increments ``epoch``; every write the leader
+    makes in the cycle first re-checks, in the same transaction, that the row still carries its
+    epoch and holder, so a stale leader's commit fails instead of double-booking devices.
+    """
+
+    __tablename__ = "scheduler_lease"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(256))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
+    renewed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` a tenant submitted with, and the job it created.
+
+    A repeated submission with the same key and the same body answers with that job instead of
+    creating another; the same key with a different body is refused."""
+
+    __tablename__ = "idempotency_key"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(256))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "key", name="uq_idempotency_key_tenant_key"),
     )

@@ -42,6 +42,10 @@ def get_or_create_tenant(session: Session, name: str) -> Tenant:
     return tenant
 
 
+def find_tenant(session: Session, name: str) -> Tenant | None:
+    return session.scalar(select(Tenant).where(Tenant.name == name))
+
+
 def get_pool(session: Session, name: str) -> Pool | None:
     return session.scalar(select(Pool).where(Pool.name == name))
 
@@ -127,10 +131,15 @@ def create_job(session: Session, spec: JobSpec, reason: str = "submitted") -> Jo
     return job
 
 
-def get_job(session: Session, job_id: int, lock: bool = False) -> Job:
+def get_job(session: Session, job_id: int, lock: bool = False,
+            tenant: str | None = None) -> Job:
+    """Job ``job_id``; with ``tenant``, only if it is that tenant's: another tenant's job is
+    reported exactly like a missing one, so its existence leaks nothing."""
     query = select(Job).where(Job.id == job_id)
+    if tenant is not None:
+        query = query.join(Tenant, Tenant.id == Job.tenant_id).where(Tenant.name == tenant)
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update(of=Job)
     job = session.scalar(query)
     if job is None:
         raise NotFoundError(f"no job with id {job_id}; `corral queue --all` lists jobs")
@@ -138,10 +147,18 @@ def get_job(session: Session, job_id: int, lock: bool = False) -> Job:
 
 
 def list_jobs(session: Session, states: Iterable[JobState] | None = None,
-              limit: int = 200) -> list[Job]:
+              limit: int = 200, tenant: str | None = None, name: str | None = None,
+              before_id: int | None = None) -> list[Job]:
+    """Newest first; ``before_id`` pages on (jobs with smaller ids)."""
     query = select(Job).order_by(Job.id.desc()).limit(limit)
     if states is not None:
         query = query.where(Job.state.in_([s.value for s in states]))
+    if tenant is not None:
+        query = query.join(Tenant, Tenant.id == Job.tenant_id).where(Tenant.name == tenant)
+    if name is not None:
+        query = query.where(Job.name == name)
+    if before_id is not None:
+        query = query.where(Job.id < before_id)
     return list(session.scalars(query))
 
 

@@ -8,7 +8,14 @@ Hierarchy::
     ├── PlanError            a parallelism plan does not multiply to its world size
     ├── TransitionError      an illegal job-state move (a bug, never user input)
     ├── NotFoundError        a job, pool or checkpoint that does not exist
-    └── BackendError         a backend could not launch, poll or cancel a gang
+    ├── BackendError         a backend could not launch, poll or cancel a gang
+    ├── ForbiddenError       the caller's role or tenant may not do this (a member setting
+    │                        another tenant, a priority above its tenant's limit, admin routes)
+    ├── ConflictError        the request contradicts stored state (an idempotency key reused
+    │                        with a different body, a pool that exists already)
+    ├── LimitError           a tenant limit (pending jobs, submissions per minute) is reached;
+    │                        ``retry_after_s`` says when to try again
+    └── StaleLeaderError     this replica lost the scheduler lease: its cycle's writes are void
 """
 
 from __future__ import annotations
@@ -40,3 +47,24 @@ class NotFoundError(CorralError):
 
 class BackendError(CorralError):
     """A backend failed to launch, poll or cancel a gang of ranks."""
+
+
+class ForbiddenError(CorralError):
+    """The caller's role or tenant does not allow this request."""
+
+
+class ConflictError(CorralError):
+    """The request contradicts what is stored (a reused idempotency key, an existing name)."""
+
+
+class LimitError(CorralError):
+    """A per-tenant limit is reached; try again after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StaleLeaderError(CorralError):
+    """The scheduler lease moved to another replica (a higher fencing epoch): the writes of
+    this replica's cycle were rolled back."""

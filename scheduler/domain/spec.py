@@ -213,6 +213,26 @@ class ResourceSpec(_Strict):
             if isinstance(self.devices, DeviceRange) else None
 
 
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_ENV_PREFIXES = ("CORRAL_", "TORCHELASTIC_")
+RESERVED_ENV_NAMES = frozenset({
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+    "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "PATH", "HOME",
+})
+"""Variables the backends set for the ranks themselves: a job may not override them."""
+
+SECRET_MASK = "<secret>"
+"""What the API, ``corral show`` and events print instead of a secret env value."""
+
+
+class EnvEntry(_Strict):
+    """An environment variable given as ``{value: ..., secret: true}``: its value is handed to
+    the ranks but never returned by the API, shown or logged."""
+
+    value: str
+    secret: bool = True
+
+
 class JobSpec(_Strict):
     """A whole job: what to train, on what data, how much, and on which resources."""
 
@@ -240,6 +260,27 @@ class JobSpec(_Strict):
                     "fastest plan within it and never one above it")
     finetune: FinetuneSpec | None = None
     compress: CompressSpec | None = None
+    env: dict[str, str | EnvEntry] = Field(
+        default_factory=dict,
+        description="environment variables for the ranks: NAME: value, or NAME: {value: ..., "
+                    "secret: true} for one the API never returns and Corral never logs")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str | EnvEntry]) -> dict[str, str | EnvEntry]:
+        for name in value:
+            if not ENV_NAME.match(name):
+                raise ValueError(f"env: {name!r} is not a variable name (letters, digits and _, "
+                                 f"not starting with a digit)")
+            if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"env: {name} is set by Corral for the ranks; choose another "
+                                 f"name")
+        return value
+
+    def env_values(self) -> dict[str, str]:
+        """NAME -> value for the ranks, secrets included."""
+        return {name: entry.value if isinstance(entry, EnvEntry) else entry
+                for name, entry in self.env.items()}
 
     @field_validator("deadline")
     @classmethod
@@ -347,6 +388,35 @@ class JobSpec(_Strict):
 
 
 
+def redact_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec (``JobSpec.model_dump(mode="json")``) with every secret env value masked."""
+    env = spec.get("env")
+    if not isinstance(env, dict) or not env:
+        return spec
+    masked = {name: {**entry, "value": SECRET_MASK}
+              if isinstance(entry, dict) and entry.get("secret", True) else entry
+              for name, entry in env.items()}
+    return {**spec, "env": masked}
+
+
+def env_of(spec: dict[str, Any]) -> dict[str, str]:
+    """NAME -> value of a stored spec's env, secrets included (what the ranks get)."""
+    env = spec.get("env")
+    if not isinstance(env, dict):
+        return {}
+    return {name: str(entry["value"]) if isinstance(entry, dict) else str(entry)
+            for name, entry in env.items()}
+
+
+def secret_values(spec: dict[str, Any]) -> list[str]:
+    """The secret env values of a stored spec, for scrubbing them out of text."""
+    env = spec.get("env")
+    if not isinstance(env, dict):
+        return []
+    return [str(entry["value"]) for entry in env.values()
+            if isinstance(entry, dict) and entry.get("secret", True) and entry.get("value")]
+
+
 def _format_error(err: ValidationError) -> str:
     lines = []
     for item in err.errors():
@@ -357,6 +427,8 @@ def _format_error(err: ValidationError) -> str:
             lines.append(f"{loc}: unknown field; remove it or check its spelling")
         elif item["type"] == "missing":
             lines.append(f"{loc}: required field is missing")
+        elif loc.startswith("env."):
+            lines.append(f"{loc}: {msg}")  # an env value may be a secret: never echo it
         else:
             shown = repr(value) if not isinstance(value, dict) else "{...}"
             lines.append(f"{loc}: {msg} (got {shown})")

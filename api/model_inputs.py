@@ -1,4 +1,4 @@
-"""The cost model's view of a job's model, as the CLI hands it to the scheduler.
+"""The cost model's view of a job's model, as the CLI and the REST API hand it to the scheduler.
 
 ``model.path: job:NAME`` names the export of an earlier job. Once NAME has succeeded its export
 folder holds the config; before that (``corral plan pretrain.yaml finetune.yaml``, or NAME still
