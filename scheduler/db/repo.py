@@ -226,12 +226,16 @@ def calibration_table(session: Session) -> dict[tuple[str, str, str], float]:
 # --- allocations ---------------------------------------------------------------------------
 
 
-def allocate(session: Session, job: Job, devices: Sequence[tuple[int, int]]) -> None:
-    """Give ``job`` these (node id, device index) pairs; the unique index refuses a taken one."""
+def allocate(session: Session, job: Job, devices: Sequence[tuple[int, int]],
+             lease_epoch: int | None = None) -> None:
+    """Give ``job`` these (node id, device index) pairs; the unique index refuses a taken one.
+
+    ``lease_epoch``: the fencing epoch of the scheduler lease the allocating replica holds
+    (None in embedded mode)."""
     job.epoch += 1
     for node_id, device_index in devices:
         session.add(Allocation(job_id=job.id, node_id=node_id, device_index=device_index,
-                               epoch=job.epoch))
+                               epoch=job.epoch, lease_epoch=lease_epoch))
     session.flush()
 
 

@@ -74,7 +74,8 @@ def check_limits(session: Session, tenant: Tenant, limits: SubmitLimits, now: da
             select(Job.submitted_at).where(Job.tenant_id == tenant.id, Job.submitted_at > since)
             .order_by(Job.submitted_at.desc()).limit(per_minute)))
         if len(recent) >= per_minute:
-            oldest = as_utc(recent[-1])
+            # A limit of 0 stops the tenant's submissions: nothing leaves the window to wait for.
+            oldest = as_utc(recent[-1]) if recent else now
             retry = max(1.0, RATE_WINDOW_S - (now - oldest).total_seconds())
             raise LimitError(
                 f"tenant {tenant.name!r} submitted {per_minute} jobs in the last "

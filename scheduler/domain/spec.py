@@ -40,7 +40,11 @@ def deadline_after(text: str, submitted_at: datetime) -> datetime:
     """``'36h'`` after ``submitted_at``, or an ISO 8601 moment with its zone."""
     match = _DURATION.match(text)
     if match:
-        return submitted_at + timedelta(seconds=float(match[1]) * _DURATION_UNIT_S[match[2]])
+        try:
+            return submitted_at + timedelta(seconds=float(match[1]) * _DURATION_UNIT_S[match[2]])
+        except OverflowError:
+            raise ValueError(f"deadline {text!r} lies beyond the year 9999; give a shorter "
+                             f"duration") from None
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -126,8 +130,9 @@ class DataSpec(_Strict):
 class WorkSpec(_Strict):
     """How much training: optimizer steps, or tokens (converted to steps)."""
 
-    steps: int | None = Field(default=None, ge=1)
-    tokens: int | None = Field(default=None, ge=1)
+    # The job row stores step counts in a 32-bit column.
+    steps: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    tokens: int | None = Field(default=None, ge=1, le=2**62)
     eval_batches: int = Field(default=8, ge=0)
 
     @model_validator(mode="after")
