@@ -1,0 +1,166 @@
+"""Request and response bodies of the cluster and tenancy routes: pools, nodes, tenants, quotas,
+tokens (Create / Public families, like :mod:`api.schemas`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from api.schemas import NAME_PATTERN, Role, Schema
+
+ACCELERATOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._+-]*$"
+BACKEND_PATTERN = r"^[a-z][a-z0-9_-]*$"
+LABEL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+"""Free text shown in listings (a token's name): anything printable."""
+
+MAX_NODES_PER_POOL = 1000
+MAX_DEVICES_PER_NODE = 256
+MAX_LIMIT = 1_000_000_000
+"""Upper bound of counts stored in 32-bit columns (quotas, tenant limits)."""
+
+NodeState = Literal["ready", "cordoned", "draining", "down"]
+
+
+# --- pools and nodes ---------------------------------------------------------------------------
+
+
+class PoolCreate(Schema):
+    """A pool of like nodes to register; nodes are named POOL-0, POOL-1, ..."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    backend: str = Field(min_length=1, max_length=32, pattern=BACKEND_PATTERN,
+                         description="local, ray or kubernetes: what launches the gangs")
+    accelerator: str = Field(min_length=1, max_length=64, pattern=ACCELERATOR_PATTERN,
+                             description="a catalog name (H100-SXM, TPU-v5e, cpu, ...)")
+    nodes: int = Field(ge=1, le=MAX_NODES_PER_POOL)
+    devices_per_node: int = Field(ge=1, le=MAX_DEVICES_PER_NODE)
+    price_per_device_hour: float = Field(default=0.0, ge=0, le=1e6)
+    peak_tflops: float | None = Field(default=None, gt=0, le=1e9,
+                                      description="peak TFLOP/s per device, overriding the "
+                                                  "catalog's")
+
+
+class PoolPublic(Schema):
+    name: str
+    backend: str
+    accelerator: str
+    nodes: int
+    devices_per_node: int
+    devices: int
+    free: int
+    price_per_device_hour: float | None
+    # A pair [FLOP/s or null, source]. Typed as a 2-item list rather than a tuple: schemathesis
+    # 4.32 cannot validate responses against the prefixItems schema a tuple becomes.
+    peak_flops: list[float | str | None] = Field(
+        min_length=2, max_length=2,
+        description="[peak FLOP/s per device or null, where it comes from: pool, catalog, "
+                    "placeholder or unknown]")
+
+
+class PoolList(Schema):
+    items: list[PoolPublic]
+
+
+class NodePublic(Schema):
+    name: str
+    pool: str
+    devices: int
+    state: NodeState
+
+
+class NodeList(Schema):
+    items: list[NodePublic]
+
+
+# --- tenants and quotas ------------------------------------------------------------------------
+
+
+class TenantUpdate(Schema):
+    """Fields to change; a field left out stays as it is, ``null`` clears it (a limit then
+    falls back to the server's default)."""
+
+    cohort: str | None = Field(default=None, min_length=1, max_length=128, pattern=NAME_PATTERN)
+    weight: float | None = Field(default=None, gt=0, le=1e6)
+    max_pending_jobs: int | None = Field(default=None, ge=0, le=MAX_LIMIT)
+    submissions_per_minute: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    max_priority: int | None = Field(default=None, ge=-1000, le=1000)
+
+
+class TenantPublic(Schema):
+    name: str
+    cohort: str | None
+    weight: float | None
+    max_pending_jobs: int | None
+    submissions_per_minute: int | None
+    max_priority: int | None
+
+
+class TenantList(Schema):
+    items: list[TenantPublic]
+
+
+class QuotaSet(Schema):
+    """A quota of a tenant, or the devices a cohort owns, for one accelerator type."""
+
+    tenant: str | None = Field(default=None, min_length=1, max_length=128, pattern=NAME_PATTERN)
+    cohort: str | None = Field(default=None, min_length=1, max_length=128, pattern=NAME_PATTERN)
+    accelerator: str = Field(min_length=1, max_length=64, pattern=ACCELERATOR_PATTERN)
+    nominal: int = Field(ge=0, le=MAX_LIMIT)
+    borrowing_limit: int | None = Field(default=None, ge=0, le=MAX_LIMIT)
+    lending_limit: int | None = Field(default=None, ge=0, le=MAX_LIMIT)
+
+    @model_validator(mode="after")
+    def _one_owner(self) -> QuotaSet:
+        if (self.tenant is None) == (self.cohort is None):
+            raise ValueError("give exactly one of tenant or cohort")
+        return self
+
+
+class QuotaPublic(Schema):
+    tenant: str | None
+    cohort: str | None
+    accelerator: str
+    nominal: int
+    borrowing_limit: int | None
+    lending_limit: int | None
+
+
+class QuotaList(Schema):
+    items: list[QuotaPublic]
+
+
+class QuotaDeleted(Schema):
+    tenant: str | None
+    cohort: str | None
+    accelerator: str
+    deleted: bool
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+class TokenCreate(Schema):
+    tenant: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
+    role: Role = "member"
+    name: str = Field(default="", max_length=128, pattern=LABEL_PATTERN,
+                      description="what the token is for, shown in listings")
+
+
+class TokenPublic(Schema):
+    id: int
+    tenant: str
+    role: Role
+    name: str
+    prefix: str = Field(description="the token's first characters, to tell tokens apart")
+    created_at: str
+    last_used_at: str | None
+    revoked: bool
+
+
+class TokenIssued(TokenPublic):
+    token: str = Field(description="the bearer token: shown this once, store it now")
+
+
+class TokenList(Schema):
+    items: list[TokenPublic]

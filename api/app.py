@@ -1,0 +1,67 @@
+"""The REST API application: :func:`create_app` builds one over a scheduler service.
+
+The app needs no backend: it stores jobs, reads the database and records cancellations; the
+leading replica's scheduler loop (``corral server``) launches and stops gangs. State on the
+app: ``app.state.settings``, ``app.state.service``, ``app.state.metrics`` (:class:`ApiMetrics`)
+and, when ``corral server`` runs a scheduler, ``app.state.replica`` (with ``.is_leader``).
+
+Request bodies are never logged: a job spec may carry secret environment values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from api import errors
+from api.metrics import ApiMetrics
+from api.routes import admin, health, job_history, jobs, plan, pools
+from api.settings import Settings
+from scheduler.db.session import Database
+from scheduler.service import SchedulerService
+
+DESCRIPTION = """Corral schedules LLM pretraining, finetuning and compression jobs on pools of
+accelerators. Authenticate with `Authorization: Bearer <token>`; every error answers
+`{"error": {"code": ..., "message": ...}}`. See docs/api.md."""
+
+
+def _version() -> str:
+    try:
+        return version("corral")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0.0.0"
+
+
+def _operation_id(route: APIRoute) -> str:
+    """``submit_job``, ``list_pools``...: the route function's name, for generated clients."""
+    return route.name
+
+
+def create_app(settings: Settings, service: SchedulerService | None = None) -> FastAPI:
+    """The API over ``service``, or over a backend-less service on ``settings.database_url``
+    (whose engine the app then disposes of when it shuts down)."""
+    owned = service is None
+    if service is None:
+        service = SchedulerService(Database(settings.database_url), {},
+                                   runs_dir=settings.runs_dir, grace_s=settings.grace_s)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            service.db.dispose()
+
+    app = FastAPI(title="Corral", version=_version(), description=DESCRIPTION,
+                  lifespan=lifespan, generate_unique_id_function=_operation_id)
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = ApiMetrics(service.db)
+    app.state.replica = None
+    errors.install(app)
+    for module in (jobs, job_history, plan, pools, admin, health):
+        app.include_router(module.router)
+    return app

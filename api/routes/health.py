@@ -1,0 +1,45 @@
+"""Probes and metrics: ``/healthz`` (the process answers), ``/readyz`` (the database answers
+at the expected schema), ``/metrics`` (Prometheus, behind a token)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from api.deps import PrincipalDep, ServiceDep
+from api.errors import Unavailable
+from api.metrics import ApiMetrics
+from api.routes import errors
+from api.schemas import Health, Ready
+from scheduler.db.health import readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> dict[str, Any]:
+    """Liveness: the process serves requests (no database access)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Ready, responses=errors())
+def readyz(request: Request, service: ServiceDep) -> dict[str, Any]:
+    """Readiness: the database answers and its schema is the one this server expects."""
+    ready = readiness(service.db)
+    if not ready.ready:
+        raise Unavailable(ready.problem)
+    replica = getattr(request.app.state, "replica", None)
+    leader = bool(replica.is_leader) if replica is not None else None
+    return {"status": "ready", "database": "ok", "schema": ready.revision, "leader": leader}
+
+
+@router.get("/metrics", response_class=Response, responses={
+    200: {"description": "Prometheus text exposition format",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+    **errors(401)})
+def metrics(request: Request, _principal: PrincipalDep) -> Response:
+    """Cluster gauges read from the database now, and this replica's cycle timings."""
+    registry: ApiMetrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)
