@@ -15,7 +15,7 @@ from scheduler.cost.planner import ModelProfile
 from scheduler.db import repo
 from scheduler.domain.errors import SpecError
 from scheduler.domain.locations import is_job_ref, job_ref_name
-from scheduler.domain.spec import JobSpec
+from scheduler.domain.spec import JobSpec, parse_spec
 from scheduler.service import SchedulerService
 
 log = logging.getLogger("corral.cli")
@@ -64,3 +64,15 @@ def submit_profile(service: SchedulerService, spec: JobSpec) -> ModelProfile | N
             raise  # submit says the same about the reference, more usefully
         log.warning("%s: no cost-model prediction: %s", spec.name, err)
         return None
+
+
+def warm_up() -> None:
+    """Import what planning a submission needs (transformers' config classes) now, so that a
+    server's first submissions do not each wait seconds for it."""
+    from workers.core.model_config import resolved_model_config
+
+    resolved_model_config(parse_spec({
+        "name": "warm-up", "kind": "pretrain",
+        "model": {"architecture": "llama", "config": {"hidden_size": 8, "num_hidden_layers": 1,
+                                                       "num_attention_heads": 1}},
+        "data": {"source": "generated", "seq_len": 8}, "work": {"steps": 1}}))

@@ -1,22 +1,31 @@
-"""``corral admin``: tenants (cohort, fair-share weight) and quotas, in the database."""
+"""``corral admin``: tenants (cohort, weight, limits), quotas and API tokens.
+
+Without ``--server`` the commands write the database directly ($CORRAL_DATABASE_URL or the
+SQLite file under $CORRAL_HOME): that is how a new server's first admin token is made. With
+``--server`` they go through the REST API and need an admin token.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
-from api.embedded import open_embedded
-from scheduler import admin as settings
+from api.cli.render import rows_table
+from api.cli.seam import Admin, CliContext
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)
+
+
+def _admin() -> Admin:
+    return (click.get_current_context().find_object(CliContext) or CliContext()).admin()
 
 
 @click.group()
 def admin() -> None:
-    """Tenants and quotas (who may use how many devices of which accelerator)."""
+    """Tenants, quotas and tokens (who may use how many devices of which accelerator)."""
 
 
 @admin.group(invoke_without_command=True)
@@ -24,7 +33,7 @@ def admin() -> None:
 def tenant(ctx: click.Context) -> None:
     """List tenants; `corral admin tenant set` creates or changes one."""
     if ctx.invoked_subcommand is None:
-        _print("Tenants", settings.list_tenants(open_embedded().db))
+        console.print(rows_table("Tenants", _admin().tenants()))
 
 
 @tenant.command("set")
@@ -33,9 +42,23 @@ def tenant(ctx: click.Context) -> None:
 @click.option("--no-cohort", is_flag=True, help="Leave its cohort.")
 @click.option("--weight", type=float, default=None,
               help="Fair-share weight (default 1; 2 = entitled to twice the share).")
-def tenant_set(name: str, cohort: str | None, no_cohort: bool, weight: float | None) -> None:
-    row = settings.set_tenant(open_embedded().db, name, cohort, weight, clear_cohort=no_cohort)
-    console.print(f"tenant {row['name']}: cohort {row['cohort'] or '-'}, weight {row['weight']}")
+@click.option("--max-pending-jobs", type=click.IntRange(min=0), default=None,
+              help="Most jobs it may have PENDING at once (server default otherwise).")
+@click.option("--submissions-per-minute", type=click.IntRange(min=0), default=None,
+              help="Most submissions in any 60 s (server default otherwise).")
+@click.option("--max-priority", type=click.IntRange(-1000, 1000), default=None,
+              help="Highest resources.priority its members may ask for.")
+def tenant_set(name: str, cohort: str | None, no_cohort: bool, weight: float | None,
+               max_pending_jobs: int | None, submissions_per_minute: int | None,
+               max_priority: int | None) -> None:
+    row = _admin().set_tenant(name, cohort=cohort, weight=weight, clear_cohort=no_cohort,
+                              max_pending_jobs=max_pending_jobs,
+                              submissions_per_minute=submissions_per_minute,
+                              max_priority=max_priority)
+    console.print(f"tenant {row['name']}: cohort {row['cohort'] or '-'}, weight {row['weight']}, "
+                  f"max pending jobs {_default(row.get('max_pending_jobs'))}, submissions per "
+                  f"minute {_default(row.get('submissions_per_minute'))}, max priority "
+                  f"{_default(row.get('max_priority'))}")
 
 
 @admin.group(invoke_without_command=True)
@@ -43,7 +66,7 @@ def tenant_set(name: str, cohort: str | None, no_cohort: bool, weight: float | N
 def quota(ctx: click.Context) -> None:
     """List quotas; `corral admin quota set` / `delete` change them."""
     if ctx.invoked_subcommand is None:
-        _print("Quotas", settings.list_quotas(open_embedded().db))
+        console.print(rows_table("Quotas", _admin().quotas()))
 
 
 @quota.command("set")
@@ -58,8 +81,8 @@ def quota(ctx: click.Context) -> None:
               help="At most this many of its nominal devices lent to the cohort.")
 def quota_set(tenant_name: str | None, cohort: str | None, accelerator: str, nominal: int,
               borrowing_limit: int | None, lending_limit: int | None) -> None:
-    row = settings.set_quota(open_embedded().db, accelerator, nominal, tenant_name, cohort,
-                             borrowing_limit, lending_limit)
+    row = _admin().set_quota(accelerator, nominal, tenant_name, cohort, borrowing_limit,
+                             lending_limit)
     who = row["tenant"] or f"cohort {row['cohort']}"
     console.print(f"quota {who}: {row['nominal']} {row['accelerator']} (borrowing limit "
                   f"{_limit(row['borrowing_limit'])}, lending limit "
@@ -71,21 +94,50 @@ def quota_set(tenant_name: str | None, cohort: str | None, accelerator: str, nom
 @click.option("--cohort", default=None)
 @click.option("--accelerator", required=True)
 def quota_delete(tenant_name: str | None, cohort: str | None, accelerator: str) -> None:
-    settings.delete_quota(open_embedded().db, accelerator, tenant_name, cohort)
+    _admin().delete_quota(accelerator, tenant_name, cohort)
     console.print(f"deleted the {accelerator} quota of {tenant_name or 'cohort ' + str(cohort)}")
+
+
+@admin.group()
+def token() -> None:
+    """API tokens: `issue`, `list`, `revoke`."""
+
+
+@token.command("issue")
+@click.option("--tenant", "tenant_name", required=True, help="The tenant the token acts for.")
+@click.option("--role", type=click.Choice(["member", "admin"]), required=True,
+              help="member: its tenant's jobs only; admin: everything.")
+@click.option("--name", default="", help="What the token is for (shown in listings).")
+def token_issue(tenant_name: str, role: str, name: str) -> None:
+    """Issue a token; it is printed once and cannot be shown again."""
+    row = _admin().issue_token(tenant_name, role, name)
+    console.print(f"token {row['id']} for tenant {row['tenant']} ({row['role']}):",
+                  highlight=False)
+    click.echo(row["token"])
+    console.print("This is the only time the token is shown; it cannot be shown again. Keep "
+                  "it in a secret store, in $CORRAL_TOKEN, or run `corral login URL`.",
+                  highlight=False)
+
+
+@token.command("list")
+@click.option("--tenant", "tenant_name", default=None, help="Only this tenant's tokens.")
+def token_list(tenant_name: str | None) -> None:
+    """List tokens (their first characters, never the whole token)."""
+    console.print(rows_table("Tokens", _admin().tokens(tenant_name)))
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+def token_revoke(token_id: int) -> None:
+    """Revoke a token: the next request that carries it is refused."""
+    row = _admin().revoke_token(token_id)
+    console.print(f"token {token_id} ({row.get('prefix', '?')}…, tenant "
+                  f"{row.get('tenant', '?')}) revoked", highlight=False)
 
 
 def _limit(value: int | None) -> str:
     return "none" if value is None else str(value)
 
 
-def _print(title: str, rows: list[dict[str, Any]]) -> None:
-    table = Table(title=title, title_justify="left")
-    if not rows:
-        console.print(f"{title}: none")
-        return
-    for header in rows[0]:
-        table.add_column(header.upper().replace("_", " "))
-    for row in rows:
-        table.add_row(*("-" if value is None else str(value) for value in row.values()))
-    console.print(table)
+def _default(value: Any) -> str:
+    return "server default" if value is None else str(value)

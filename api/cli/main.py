@@ -1,10 +1,13 @@
-"""The ``corral`` command line: submit, watch and manage jobs.
+"""The ``corral`` command line: submit, watch and manage jobs, here or on a Corral server.
 
-Commands only parse arguments, call the embedded service (or, later, the SDK) and render.
+Commands only parse arguments, call the seam (:mod:`api.cli.seam`: the embedded service, or a
+server through the SDK) and render; ``corral --server URL`` (or ``$CORRAL_SERVER``) chooses
+the server.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -13,120 +16,93 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from api.cli.admin import admin
-from api.cli.render import plan_table, pools_table, progress_line, queue_table, show_job, state_text
-from api.cli.sim import sim
-from api.embedded import open_embedded
-from api.model_inputs import model_profile_for, submit_profile
-from scheduler.db import repo
-from scheduler.db.migrate import upgrade
-from scheduler.db.session import Database, default_url
+from api.cli.follow import follow_run, print_summary, stream_log
+from api.cli.login import login
+from api.cli.render import best_plan_line, plan_table, pools_table, queue_table, show_job
+from api.cli.seam import FINAL_STATES, CliContext
+from api.cli.serve import policy_options, server
 from scheduler.domain.errors import CorralError
 from scheduler.domain.spec import JobSpec, load_spec_file
-from scheduler.domain.state import JobState
-from scheduler.policies.config import ORDERINGS, Ordering
-from scheduler.service import SchedulerService
+from scheduler.policies.config import Ordering
 
 # Piped output (scripts, tests) is not cut to 80 columns: tables stay one row per job.
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-
-FINAL_STATES = {JobState.SUCCEEDED.value, JobState.CANCELLED.value, JobState.FAILED.value}
-"""A FAILED job with attempts left moves on to PENDING in the same transaction, so a job seen
-FAILED has no retry left."""
+LAZY_COMMANDS = {"sim": "api.cli.sim:sim"}
+"""Commands whose modules load the simulator: imported only when named (or for --help)."""
 
 
 class CorralGroup(click.Group):
-    """Turns Corral's own errors into one clear line and exit status 2."""
+    """Turns Corral's own errors into one clear line and exit status 2, and imports the
+    commands with heavy dependencies (:data:`LAZY_COMMANDS`) only when they run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, attribute = LAZY_COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CorralError as err:
-            err_console.print(f"[red]error:[/] {err}", markup=True, highlight=False)
+            err_console.print(f"[red]error:[/] {escape(str(err))}", highlight=False)
+            if getattr(err, "code", None) == "unauthorized":
+                err_console.print("  the token comes from $CORRAL_TOKEN or the file `corral "
+                                  "login URL` writes", highlight=False)
             sys.exit(2)
 
 
+def _ctx() -> CliContext:
+    return click.get_current_context().find_object(CliContext) or CliContext()
+
+
 @click.group(cls=CorralGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--server", "server_url", envvar="CORRAL_SERVER", metavar="URL", default=None,
+              help="A Corral server to use instead of this machine ($CORRAL_SERVER); the "
+                   "token comes from $CORRAL_TOKEN or `corral login URL`'s config file.")
 @click.version_option(package_name="corral")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context, server_url: str | None) -> None:
     """Corral schedules LLM pretraining, finetuning and compression jobs.
 
     Embedded mode (the default) keeps a SQLite database under $CORRAL_HOME (~/.corral) and runs
     jobs on this machine's local pool. Start with:
 
       corral run examples/pretrain-tiny.yaml
+
+    With --server URL (or $CORRAL_SERVER) the same commands act on a Corral server; the token
+    comes from $CORRAL_TOKEN or the config file `corral login URL` writes.
     """
-
-
-def _service() -> SchedulerService:
-    return open_embedded()
-
-
-def _finished(info: dict[str, Any]) -> bool:
-    return info["state"] in FINAL_STATES
+    ctx.obj = CliContext(server_url)
 
 
 @cli.command()
 @click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--poll-s", default=1.0, show_default=True, help="Seconds between scheduler ticks.")
+@click.option("--poll-s", default=1.0, show_default=True, help="Seconds between polls.")
 def run(job_file: Path, poll_s: float) -> None:
-    """Submit JOB_FILE, schedule and run it here, and follow it to the end.
+    """Submit JOB_FILE, schedule and run it, and follow it to the end.
 
     Shows a progress bar with loss and tokens/s; Ctrl-C cancels the job cleanly (its ranks get
-    SIGTERM and may checkpoint) and exits with status 130.
+    SIGTERM and may checkpoint) and exits with status 130. Exit status 0 when it succeeded.
     """
     spec = load_spec_file(job_file)
-    service = _service()
-    job_id = service.submit(spec, submit_profile(service, spec))
+    corral = _ctx().corral()
+    job_id = corral.submit(spec)
     console.print(f"submitted job [bold]{job_id}[/] ({spec.name}, {spec.kind.value})")
     started = time.monotonic()
-    seen_events = 0
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
-                        TextColumn("loss {task.fields[loss]}"),
-                        TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(),
-                        console=console, transient=False)
     try:
-        with progress:
-            task = progress.add_task(spec.name, total=spec.total_steps(), loss="-", tps="-")
-            while True:
-                service.tick()
-                info = service.describe(job_id)
-                for event in info["events"][seen_events:]:
-                    move = f"{state_text(event['to'])}: " if event["to"] else ""
-                    progress.console.print(f"  {move}{escape(event['reason'])}", highlight=False)
-                seen_events = len(info["events"])
-                progress.update(task, completed=info["step"] or 0,
-                                total=info["total_steps"] or spec.total_steps(),
-                                loss="-" if info["loss"] is None else f"{info['loss']:.4f}",
-                                tps="-" if info["tokens_per_s"] is None
-                                else f"{info['tokens_per_s']:,.0f}")
-                if _finished(info):
-                    break
-                time.sleep(poll_s)
+        state = follow_run(console, corral, spec, job_id, poll_s)
     except KeyboardInterrupt:
-        console.print("interrupted: cancelling the job (ranks get SIGTERM, then SIGKILL)")
-        service.cancel(job_id, "cancelled by Ctrl-C")
-        _summary(service, job_id, time.monotonic() - started)
+        print_summary(console, corral, job_id, time.monotonic() - started)
         sys.exit(130)
-    _summary(service, job_id, time.monotonic() - started)
-    state = service.describe(job_id)["state"]
-    sys.exit(0 if state == JobState.SUCCEEDED.value else 1)
-
-
-def _summary(service: SchedulerService, job_id: int, wall_s: float) -> None:
-    info = service.describe(job_id)
-    console.rule(f"job {job_id} {info['state']}")
-    console.print(f"wall time {wall_s:.1f} s, attempts {info['attempts']}, "
-                  f"plan {info['plan'] or '-'}")
-    if info["step"] is not None:
-        console.print(progress_line(info))
-    if info["checkpoints"]:
-        console.print(f"latest checkpoint: {info['checkpoints'][-1]['path']}")
-    console.print(f"run folder: {info['run_dir']}  (logs: corral logs {job_id})")
+    print_summary(console, corral, job_id, time.monotonic() - started)
+    sys.exit(0 if state == "SUCCEEDED" else 1)
 
 
 @cli.command()
@@ -142,24 +118,20 @@ def plan(job_files: tuple[Path, ...], limit: int, show_rejected: int) -> None:
     A job whose model.path is job:NAME is planned on NAME's export once NAME has run; before
     that, name NAME's file first (corral plan pretrain.yaml finetune.yaml) or submit NAME.
     """
-    from scheduler.planning import plan_spec
-
-    service = _service()
+    corral = _ctx().corral()
     earlier: dict[str, JobSpec] = {}
     unfit: list[str] = []
     for job_file in job_files:
         spec = load_spec_file(job_file)
         if len(job_files) > 1:
             console.print(f"[bold]{escape(str(job_file))}[/] ({spec.name}, {spec.kind.value})")
-        report = plan_spec(service.db, spec, model_profile_for(service, spec, earlier))
+        report = corral.plan(spec, earlier)
         earlier[spec.name] = spec
         console.print(plan_table(report, limit, show_rejected))
-        best = report.best
-        if best is None:
-            unfit.append(f"{spec.name} fits no pool: {report.smallest_fix()}")
+        if report["best"] is None:
+            unfit.append(f"{spec.name} fits no pool: {report['smallest_fix']}")
             continue
-        console.print(f"best: {best.pool}, {best.plan.describe()}; memory "
-                      f"{best.memory_explain}; step {best.time_explain}", highlight=False)
+        console.print(best_plan_line(report["best"]), highlight=False, markup=False)
     if unfit:
         raise CorralError("; ".join(unfit))
 
@@ -172,25 +144,19 @@ def submit(job_file: Path) -> None:
     In embedded mode a scheduler must be running to start it: `corral scheduler`.
     """
     spec = load_spec_file(job_file)
-    service = _service()
-    job_id = service.submit(spec, submit_profile(service, spec))
-    console.print(job_id)
+    console.print(_ctx().corral().submit(spec))
 
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Run one tick and exit.")
 @click.option("--poll-s", default=1.0, show_default=True, help="Seconds between ticks.")
-@click.option("--ordering", type=click.Choice(ORDERINGS), default="fair_share",
-              show_default=True, help="Which pending job goes first.")
-@click.option("--preemption/--no-preemption", default=True, show_default=True,
-              help="Stop lower-priority jobs (or borrowers) for a job that cannot fit.")
-@click.option("--backfill/--no-backfill", default=True, show_default=True,
-              help="Let short jobs run ahead of a blocked job when they cannot delay it.")
-@click.option("--moldable/--no-moldable", default=True, show_default=True,
-              help="Pick a device-range job's size by earliest predicted completion.")
+@policy_options
 def scheduler(once: bool, poll_s: float, ordering: Ordering, preemption: bool, backfill: bool,
               moldable: bool) -> None:
     """Run the embedded scheduler loop in the foreground (Ctrl-C stops it; jobs keep running)."""
+    _ctx().require_embedded("scheduler", "a server schedules on its own")
+    from api.embedded import open_embedded
+
     service = open_embedded(ordering=ordering, preemption=preemption, backfill=backfill,
                             moldable=moldable)
     try:
@@ -209,25 +175,28 @@ def scheduler(once: bool, poll_s: float, ordering: Ordering, preemption: bool, b
 
 @cli.command()
 @click.option("--all", "show_all", is_flag=True, help="Include finished jobs.")
+@click.option("--tenant", default=None, help="Only this tenant's jobs (admins).")
 @click.option("--limit", default=50, show_default=True)
-def queue(show_all: bool, limit: int) -> None:
+def queue(show_all: bool, tenant: str | None, limit: int) -> None:
     """List jobs: state, plan, progress and why each pending job waits."""
-    console.print(queue_table(_service().queue(include_finished=show_all, limit=limit)))
+    console.print(queue_table(_ctx().corral().queue(show_all, limit, tenant)))
 
 
 @cli.command()
 @click.argument("job_id", type=int)
 def show(job_id: int) -> None:
     """Show a job's spec, plan, progress, events, checkpoints and why it is pending."""
-    show_job(console, _service().describe(job_id))
+    show_job(console, _ctx().corral().describe(job_id))
 
 
 @cli.command()
 @click.argument("job_id", type=int)
 def cancel(job_id: int) -> None:
     """Cancel a job; a running gang gets SIGTERM, a grace period, then SIGKILL."""
-    state = _service().cancel(job_id)
-    console.print(f"job {job_id}: {state}")
+    state = _ctx().corral().cancel(job_id)
+    stopping = "" if state in FINAL_STATES else \
+        " (cancel requested: the scheduler stops its gang)"
+    console.print(f"job {job_id}: {state}{stopping}")
 
 
 @cli.command()
@@ -236,32 +205,7 @@ def cancel(job_id: int) -> None:
 @click.option("--attempt", type=int, default=None, help="Which attempt (default: latest).")
 def logs(job_id: int, follow: bool, attempt: int | None) -> None:
     """Print a job's log (all ranks, latest attempt)."""
-    service = _service()
-    path = service.log_path(job_id, attempt)
-    if path is None or (not path.exists() and not follow):
-        raise CorralError(f"job {job_id} has no log yet (state {service.job_state(job_id)})")
-    offset = _print_new(path, 0)
-    while follow:
-        newest = service.log_path(job_id, attempt)
-        finished = _finished(service.describe(job_id))
-        offset = _print_new(path, offset)
-        if newest is not None and newest != path:
-            path, offset = newest, 0  # a retry started: follow its log
-        elif finished:
-            return
-        time.sleep(0.5)
-
-
-def _print_new(path: Path, offset: int) -> int:
-    """Print what ``path`` gained since ``offset``; return the new offset."""
-    if not path.exists():
-        return offset
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        chunk = handle.read()
-    sys.stdout.write(chunk.decode(errors="replace"))
-    sys.stdout.flush()
-    return offset + len(chunk)
+    stream_log(_ctx().corral(), job_id, attempt, follow)
 
 
 @cli.group(invoke_without_command=True)
@@ -269,7 +213,7 @@ def _print_new(path: Path, offset: int) -> int:
 def pools(ctx: click.Context) -> None:
     """List pools (devices free/total); `corral pools add` registers one."""
     if ctx.invoked_subcommand is None:
-        console.print(pools_table(_service().pools()))
+        console.print(pools_table(_ctx().corral().pools()))
 
 
 @pools.command("add")
@@ -286,12 +230,8 @@ def pools(ctx: click.Context) -> None:
 def pools_add(name: str, backend: str, accelerator: str, nodes: int, devices_per_node: int,
               price: float, peak_tflops: float | None) -> None:
     """Register a pool of NODES like nodes."""
-    service = _service()
-    with service.db.write() as session:
-        if repo.get_pool(session, name) is not None:
-            raise CorralError(f"pool {name!r} exists already")
-        repo.add_pool(session, name, backend, accelerator, nodes, devices_per_node, price,
-                      peak_flops=peak_tflops * 1e12 if peak_tflops else None)
+    _ctx().corral().add_pool(name, backend, accelerator, nodes, devices_per_node, price,
+                             peak_tflops)
     console.print(f"added pool {name}: {nodes} × {devices_per_node} {accelerator}")
 
 
@@ -305,12 +245,13 @@ def db() -> None:
               "the SQLite file under $CORRAL_HOME).")
 def db_upgrade(url: str | None) -> None:
     """Apply migrations up to the newest schema."""
+    from scheduler.db.migrate import upgrade
+    from scheduler.db.session import Database, default_url
+
     database = Database(url or default_url())
     revision = upgrade(database)
     console.print(f"database at revision {revision}")
 
 
-cli.add_command(sim)
-
-
-cli.add_command(admin)
+for command in (admin, login, server):
+    cli.add_command(command)

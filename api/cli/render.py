@@ -33,12 +33,13 @@ def progress_line(info: dict[str, Any]) -> str:
 
 def queue_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="Jobs", title_justify="left")
-    for header in ("ID", "NAME", "KIND", "STATE", "PRIO", "POOL", "PLAN", "STEP", "LOSS",
-                   "TOK/S", "WHY PENDING"):
+    for header in ("ID", "NAME", "TENANT", "KIND", "STATE", "PRIO", "POOL", "PLAN", "STEP",
+                   "LOSS", "TOK/S", "WHY PENDING"):
         table.add_column(header, overflow="fold")
     for row in rows:
         step = "-" if row["step"] is None else f"{row['step']}/{row['total_steps'] or '?'}"
-        table.add_row(str(row["id"]), row["name"], row["kind"], state_text(row["state"]),
+        table.add_row(str(row["id"]), row["name"], row.get("tenant") or "-", row["kind"],
+                      state_text(row["state"]),
                       str(row["priority"]), row["pool"] or "-", row["plan"] or "-", step,
                       _num(row["loss"], ".4f"), _num(row["tokens_per_s"], ",.0f"),
                       escape(row["pending_reason"] or ""))
@@ -51,7 +52,7 @@ def pools_table(rows: list[dict[str, Any]]) -> Table:
                    "$/DEVICE-HOUR", "PEAK TFLOP/S"):
         table.add_column(header)
     for row in rows:
-        peak, source = row["peak_flops"]
+        peak, source = row["peak_flops"]  # a pair here, a two-item list over JSON
         table.add_row(row["name"], row["backend"], row["accelerator"], str(row["nodes"]),
                       str(row["devices_per_node"]), f"{row['free']}/{row['devices']}",
                       f"{row['price_per_device_hour']:.2f}",
@@ -97,19 +98,51 @@ def show_job(console: Console, info: dict[str, Any]) -> None:
         console.print(f"Checkpoints: {ckpts}")
 
 
-def plan_table(report: Any, limit: int, show_rejected: int) -> Table:
-    """Ranked candidates first, then the rejected ones closest to fitting, with why not."""
+def plan_table(report: dict[str, Any], limit: int, show_rejected: int) -> Table:
+    """Ranked candidates first, then the rejected ones closest to fitting, with why not.
+
+    ``report`` is what ``POST /v1/plan`` answers (embedded mode builds the same dict)."""
     gib = 2**30
     table = Table(title="Candidate plans (best first)", title_justify="left")
     for header in ("#", "POOL", "DEVICES", "PLAN", "MEM/DEVICE", "STEP", "TOTAL", "PRICE",
                    "WHY NOT"):
         table.add_column(header, overflow="fold")
-    rejected = sorted(report.rejected, key=lambda c: c.memory_bytes / c.memory_limit_bytes)
-    rows = [(str(i + 1), c) for i, c in enumerate(report.ranked[:limit])]
+    rejected = sorted(report["rejected"], key=_memory_ratio)
+    rows = [(str(i + 1), c) for i, c in enumerate(report["feasible"][:limit])]
     rows += [("-", c) for c in rejected[:show_rejected]]
     for rank, c in rows:
-        table.add_row(rank, c.pool, str(c.plan.world_size), c.plan.describe(),
-                      f"{c.memory_bytes / gib:.2f}/{c.memory_limit_bytes / gib:.0f} GiB",
-                      f"{c.step_time_s * 1e3:.3g} ms", f"{c.run_time_s / 3600:.2f} h",
-                      f"${c.price_usd:,.2f}", escape(c.why_not))
+        table.add_row(rank, c["pool"], str(c["devices"]), c["plan"],
+                      f"{_num(_scaled(c['memory_bytes'], gib), '.2f')}/"
+                      f"{_num(_scaled(c['memory_limit_bytes'], gib), '.0f')} GiB",
+                      f"{_num(_scaled(c['step_time_s'], 1e-3), '.3g')} ms",
+                      f"{_num(_scaled(c['run_time_s'], 3600), '.2f')} h",
+                      f"${_num(c['price_usd'], ',.2f')}", escape(c["why_not"] or ""))
+    return table
+
+
+def _scaled(value: float | None, unit: float) -> float | None:
+    return None if value is None else value / unit
+
+
+def _memory_ratio(row: dict[str, Any]) -> float:
+    """Closest to fitting first; a row without a memory prediction last."""
+    used, limit = row.get("memory_bytes"), row.get("memory_limit_bytes")
+    return used / limit if used is not None and limit else float("inf")
+
+
+def best_plan_line(best: dict[str, Any]) -> str:
+    """``best: local, ddp world=2 ...; memory ...; step ...``."""
+    return (f"best: {best['pool']}, {best['plan']}; memory {best.get('memory_explain') or '-'}; "
+            f"step {best.get('step_time_explain') or '-'}")
+
+
+def rows_table(title: str, rows: list[dict[str, Any]]) -> Table | str:
+    """Any list of flat rows (tenants, quotas, tokens) as a table, headers from the keys."""
+    if not rows:
+        return f"{title}: none"
+    table = Table(title=title, title_justify="left")
+    for header in rows[0]:
+        table.add_column(header.upper().replace("_", " "))
+    for row in rows:
+        table.add_row(*("-" if value is None else escape(str(value)) for value in row.values()))
     return table

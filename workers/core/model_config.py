@@ -8,6 +8,7 @@ size it) and hands that to :class:`scheduler.cost.flops.TransformerShape`.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ def planned_vocab_size(spec: JobSpec) -> int | None:
     return None
 
 
+_TRANSFORMERS_IMPORT_LOCK = threading.Lock()
+
+
 def resolved_model_config(spec: JobSpec) -> dict[str, Any]:
     """The model's config as ``config.to_dict()`` would give it."""
     if spec.model.path is not None:
@@ -43,16 +47,19 @@ def resolved_model_config(spec: JobSpec) -> dict[str, Any]:
             raise SpecError(f"model.path: {config_file} does not exist; a weights folder needs "
                             f"the config.json that save_pretrained writes")
         return dict(json.loads(config_file.read_text()))
-    from transformers import AutoConfig
-
     fields = dict(spec.model.config)
     vocab = planned_vocab_size(spec)
     if vocab is not None:
         fields["vocab_size"] = vocab
-    try:
-        return dict(AutoConfig.for_model(spec.model.architecture, **fields).to_dict())
-    except ValueError as err:
-        raise SpecError(f"model.architecture {spec.model.architecture!r}: {err}") from None
+    # transformers imports its model modules lazily, and two threads importing the same one at
+    # once (a server's request threads) can see it half-initialized: one at a time.
+    with _TRANSFORMERS_IMPORT_LOCK:
+        from transformers import AutoConfig
+
+        try:
+            return dict(AutoConfig.for_model(spec.model.architecture, **fields).to_dict())
+        except ValueError as err:
+            raise SpecError(f"model.architecture {spec.model.architecture!r}: {err}") from None
 
 
 def planning_profile(spec: JobSpec, config: dict[str, Any]) -> ModelProfile:
