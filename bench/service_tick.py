@@ -37,7 +37,7 @@ from scheduler.db.session import Database  # noqa: E402
 from scheduler.domain.spec import parse_spec  # noqa: E402
 from scheduler.domain.state import JobState  # noqa: E402
 from scheduler.service import SchedulerService  # noqa: E402
-from tests.pg_server import PgServer, PgUnavailable, find_pg_bin  # noqa: E402
+from tests.pg_server import PgUnavailable, throwaway_database  # noqa: E402
 from workers.backends.fake import FakeBackend  # noqa: E402
 
 GANG_SIZES = (1, 1, 2, 4, 8, 16)
@@ -120,20 +120,11 @@ def main() -> None:
             Path(folder) / "runs-sqlite")
         if args.sqlite_only:
             return
-        bin_dir = find_pg_bin()
-        if bin_dir is None:
-            print("postgresql: server binaries not found; skipped")
-            return
         try:
-            server = PgServer(bin_dir)
+            with throwaway_database("bench") as url:
+                run("postgresql", url, args.pending, args.nodes, Path(folder) / "runs-pg")
         except PgUnavailable as err:
             print(f"postgresql: {err}; skipped")
-            return
-        try:
-            url = server.start_with_database("bench")
-            run("postgresql", url, args.pending, args.nodes, Path(folder) / "runs-pg")
-        finally:
-            server.stop()
 
 
 if __name__ == "__main__":

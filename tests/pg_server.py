@@ -13,6 +13,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -133,3 +135,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextmanager
+def throwaway_database(name: str) -> Iterator[str]:
+    """The URL of database ``name`` on a server started for the block and deleted after it;
+    :class:`PgUnavailable` when this machine cannot run one (benchmarks print that and go on).
+    """
+    bin_dir = find_pg_bin()
+    if bin_dir is None or not all((bin_dir / tool).exists() for tool in PG_TOOLS):
+        raise PgUnavailable("PostgreSQL server binaries not found (install postgresql-15 or "
+                            "set CORRAL_PG_BIN)")
+    server = PgServer(bin_dir)
+    try:
+        yield server.start_with_database(name)
+    finally:
+        server.stop()
