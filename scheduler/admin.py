@@ -1,4 +1,4 @@
-"""Per-tenant settings an admin manages: cohort, fair-share weight and quotas.
+"""Quotas an admin manages (tenants' own settings: :mod:`scheduler.tenants`).
 
 Each function is one transaction; a value the policies would refuse (a negative quota, a lending
 limit above nominal) is refused here, before anything is written, with the rule that failed.
@@ -15,31 +15,6 @@ from scheduler.db.models import Quota, Tenant
 from scheduler.db.session import Database
 from scheduler.domain.errors import CorralError, NotFoundError
 from scheduler.policies.quota import CohortQuota, TenantQuota
-
-
-def set_tenant(db: Database, name: str, cohort: str | None = None, weight: float | None = None,
-               clear_cohort: bool = False) -> dict[str, Any]:
-    """Create or update a tenant; returns it as listed."""
-    if weight is not None and not weight > 0:
-        raise CorralError(f"--weight must be > 0 (a share of the cluster), got {weight}")
-    with db.write() as session:
-        tenant = repo.get_or_create_tenant(session, name)
-        if clear_cohort:
-            tenant.cohort = None
-        elif cohort is not None:
-            tenant.cohort = cohort
-        if weight is not None:
-            tenant.weight = weight
-        return _tenant_row(tenant)
-
-
-def list_tenants(db: Database) -> list[dict[str, Any]]:
-    with db.read() as session:
-        return [_tenant_row(t) for t in session.scalars(select(Tenant).order_by(Tenant.name))]
-
-
-def _tenant_row(tenant: Tenant) -> dict[str, Any]:
-    return {"name": tenant.name, "cohort": tenant.cohort, "weight": tenant.weight}
 
 
 def set_quota(db: Database, accelerator: str, nominal: int, tenant: str | None = None,
@@ -77,6 +52,8 @@ def set_quota(db: Database, accelerator: str, nominal: int, tenant: str | None =
 
 def delete_quota(db: Database, accelerator: str, tenant: str | None = None,
                  cohort: str | None = None) -> None:
+    if (tenant is None) == (cohort is None):
+        raise CorralError("give exactly one of a tenant or --cohort")
     with db.write() as session:
         query = select(Quota).where(func.lower(Quota.accelerator) == accelerator.lower())
         if tenant is not None:

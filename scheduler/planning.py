@@ -14,7 +14,14 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from scheduler.cost.planner import ModelProfile, PlanReport, PlanRequest, model_profile, plan_job
+from scheduler.cost.planner import (
+    Candidate,
+    ModelProfile,
+    PlanReport,
+    PlanRequest,
+    model_profile,
+    plan_job,
+)
 from scheduler.cycle import pool_option
 from scheduler.db import repo
 from scheduler.db.session import Database
@@ -76,3 +83,27 @@ def plan_spec(db: Database, spec: JobSpec, model: ModelInput) -> PlanReport:
 def profile_fields(spec: JobSpec, model: ModelInput) -> dict[str, Any]:
     """What the job row stores for the cycle to plan with (ModelProfile's fields)."""
     return asdict(as_profile(spec, model))
+
+
+def report_dict(report: PlanReport) -> dict[str, Any]:
+    """A plan report as JSON: ``POST /v1/plan``'s answer and what ``corral plan`` renders."""
+    best = report.best
+    return {"best": candidate_dict(best, explain=True) if best else None,
+            "feasible": [candidate_dict(candidate) for candidate in report.ranked],
+            "rejected": [candidate_dict(candidate) for candidate in report.rejected],
+            "smallest_fix": report.smallest_fix() or None}
+
+
+def candidate_dict(candidate: Candidate, explain: bool = False) -> dict[str, Any]:
+    """One candidate plan as JSON; the prediction in words only when asked (it costs time)."""
+    return {
+        "pool": candidate.pool, "accelerator": candidate.accelerator,
+        "devices": candidate.plan.world_size, "plan": candidate.plan.describe(),
+        "plan_detail": candidate.plan.to_dict(), "fits": candidate.fits,
+        "why_not": candidate.why_not, "memory_bytes": candidate.memory_bytes,
+        "memory_limit_bytes": candidate.memory_limit_bytes,
+        "step_time_s": candidate.step_time_s, "run_time_s": candidate.run_time_s,
+        "completion_s": candidate.completion_s, "price_usd": candidate.price_usd,
+        "memory_explain": candidate.memory_explain if explain else None,
+        "step_time_explain": candidate.time_explain if explain else None,
+    }

@@ -13,12 +13,11 @@ from api.cli.seam import FINAL_STATES
 from api.embedded import open_embedded, prepare_database
 from api.model_inputs import model_profile_for, submit_profile
 from scheduler import admin, auth, tenants
-from scheduler.cost.planner import PlanReport
 from scheduler.db import repo
 from scheduler.db.session import Database, default_url
 from scheduler.domain.errors import ConflictError
 from scheduler.domain.spec import JobSpec
-from scheduler.planning import plan_spec
+from scheduler.planning import plan_spec, report_dict
 from scheduler.service import SchedulerService
 
 
@@ -69,7 +68,7 @@ class EmbeddedCorral:
 
     def plan(self, spec: JobSpec, earlier: Mapping[str, JobSpec]) -> dict[str, Any]:
         profile = model_profile_for(self.service, spec, earlier)
-        return plan_report_dict(plan_spec(self.service.db, spec, profile))
+        return report_dict(plan_spec(self.service.db, spec, profile))
 
     def pools(self) -> list[dict[str, Any]]:
         return self.service.pools()
@@ -133,13 +132,3 @@ class EmbeddedAdmin:
     def revoke_token(self, token_id: int) -> dict[str, Any]:
         return auth.revoke_token(self.db, token_id)
 
-
-def plan_report_dict(report: PlanReport) -> dict[str, Any]:
-    """A plan report as ``POST /v1/plan`` answers it, built by the route's own row function."""
-    from api.routes.plan import plan_row  # the server stack loads only for `corral plan`
-
-    best = report.best
-    return {"best": plan_row(best, explain=True) if best else None,
-            "feasible": [plan_row(candidate) for candidate in report.ranked],
-            "rejected": [plan_row(candidate) for candidate in report.rejected],
-            "smallest_fix": report.smallest_fix() or None}

@@ -192,6 +192,8 @@ class Job(Base):
     """Told to checkpoint and stop for another job; set once, signalled once, cleared when the
     gang has stopped and the job is pending again."""
     preempt_signalled_at: Mapped[datetime | None] = mapped_column(default=None)
+    """When the gang was sent SIGTERM to stop, for a preemption or for a cancel requested
+    through the API; it is killed once this is older than the grace period."""
     progress_offset: Mapped[int] = mapped_column(BigInteger, default=0)
     last_step: Mapped[int | None] = mapped_column(Integer, default=None)
     total_steps: Mapped[int | None] = mapped_column(Integer, default=None)

@@ -32,7 +32,7 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import func, select
 
-from scheduler import admin
+from scheduler import admin, tenants
 from scheduler.db import lease, repo
 from scheduler.db.models import Allocation, Job, JobEvent, Tenant, as_utc, utcnow
 from scheduler.db.session import Database
@@ -202,7 +202,7 @@ def _prepare_cluster(db: Database) -> None:
     with db.write() as session:
         repo.add_pool(session, "lab", "clock", "cpu", nodes=2, devices_per_node=4)
     for tenant in ("a", "b"):
-        admin.set_tenant(db, tenant, cohort="lab")
+        tenants.update_tenant(db, tenant, {"cohort": "lab"})
         admin.set_quota(db, "cpu", NOMINAL, tenant=tenant, borrowing_limit=BORROWING)
 
 
