@@ -360,10 +360,8 @@ def run_cycle(snapshot: Snapshot, timer: Callable[[], float] = time.perf_counter
 def _nominal_first(ordered: list[PendingJobView], snapshot: Snapshot,
                    config: PolicyConfig) -> list[PendingJobView]:
     """``ordered`` with the jobs that would borrow quota moved behind the others (stable)."""
-    held: dict[tuple[str, str], int] = {}
-    for job in snapshot.running:
-        key = (job.tenant, job.accelerator.lower())
-        held[key] = held.get(key, 0) + job.devices
+    held = {(row.tenant, row.accelerator.lower()): row.devices
+            for row in usage_of(snapshot.running)}
     accelerators = {pool.accelerator for pool in snapshot.pools}
 
     def borrows(job: PendingJobView) -> bool:
