@@ -15,7 +15,8 @@ from scheduler.domain.spec import parse_spec
 from tests.builders import spec_dict
 from workers.core.lora import apply_lora, merge_lora, trainable_fraction
 from workers.core.parallelize import ParallelDims
-from workers.jobs.finetune import _check_plan_for_method, tokenizer_dir
+from workers.core.tokenizer import model_tokenizer_folder
+from workers.jobs.finetune import _check_plan_for_method
 
 # peft 0.21 still asks transformers 5 the old name of the activation-checkpointing switch.
 pytestmark = pytest.mark.filterwarnings(
@@ -53,10 +54,10 @@ def test_an_export_without_tokenizer_files_asks_for_the_byte_tokenizer(tmp_path:
     spec = parse_spec(spec_dict(kind="finetune", model={"path": str(tmp_path)}, tokenizer=None,
                                 finetune={"task": "causal_lm"}))
     with pytest.raises(SpecError, match=r"holds no tokenizer.*tokenizer: \{kind: byte\}"):
-        tokenizer_dir(spec)
+        model_tokenizer_folder(spec)
     byte = parse_spec(spec_dict(kind="finetune", model={"path": str(tmp_path)},
                                 tokenizer={"kind": "byte"}, finetune={"task": "causal_lm"}))
-    assert tokenizer_dir(byte) is None
+    assert model_tokenizer_folder(byte) is None
 
 
 def test_lora_freezes_the_base_and_names_the_layers_when_the_targets_are_wrong() -> None:

@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from scheduler.domain.errors import SpecError
 from scheduler.domain.locations import local_path
-from scheduler.domain.spec import TokenizerSpec
+from scheduler.domain.spec import JobSpec, TokenizerSpec
 
 END_OF_TEXT = "<|endoftext|>"
 PADDING = "<|pad|>"
@@ -183,3 +184,26 @@ def build_tokenizer(
         train_bpe(documents, spec.vocab_size, directory)
     barrier()
     return BpeTokenizer(directory)
+
+
+TOKENIZER_CONFIG = "tokenizer_config.json"
+"""The file every transformers tokenizer folder has (``save_pretrained`` writes it)."""
+
+
+def model_tokenizer_folder(spec: JobSpec) -> Path | None:
+    """The transformers tokenizer folder a finetune or compress job reads text with: its
+    ``tokenizer.path``, or its weights folder (``tokenizer.kind: model``); None for bytes."""
+    if spec.tokenizer.kind == "byte":
+        return None
+    if spec.tokenizer.kind == "path":
+        assert spec.tokenizer.path is not None  # TokenizerSpec guarantees it
+        return local_path(spec.tokenizer.path, "tokenizer.path")
+    assert spec.model.path is not None  # JobSpec guarantees weights for these kinds
+    directory = local_path(spec.model.path)
+    if not (directory / TOKENIZER_CONFIG).is_file():
+        raise SpecError(
+            f"model.path: {directory} holds no tokenizer ({TOKENIZER_CONFIG}); a pretrain "
+            f"export of the byte tokenizer has none: add tokenizer: {{kind: byte}}, or name a "
+            f"tokenizer folder with tokenizer: {{kind: path, path: ...}}"
+        )
+    return directory

@@ -35,7 +35,6 @@ from transformers import PreTrainedModel
 
 from scheduler.domain.compress_spec import CompressSpec
 from scheduler.domain.errors import PlanError
-from scheduler.domain.locations import local_path
 from scheduler.domain.plan import Plan
 from scheduler.domain.spec import JobSpec
 from workers.core.compress_distill import DistillationTask, build_student
@@ -59,7 +58,12 @@ from workers.core.parallelize import check_plan, parallelize
 from workers.core.preemption import StopRequest
 from workers.core.progress import ProgressReporter
 from workers.core.tasks import Batch, CausalLMTask
-from workers.core.tokenizer import ByteTokenizer, PretrainedTokenizer, TextTokenizer
+from workers.core.tokenizer import (
+    ByteTokenizer,
+    PretrainedTokenizer,
+    TextTokenizer,
+    model_tokenizer_folder,
+)
 from workers.core.trainer import Trainer, TrainResult
 from workers.jobs.pretrain import check_batch, trainer_config
 from workers.protocol import JobFile
@@ -70,20 +74,9 @@ REPORT_FILE = "report.json"
 SCRATCH_DIR = "compress-scratch"
 
 
-def tokenizer_folder(spec: JobSpec) -> Path | None:
-    """The transformers tokenizer folder the model reads text with; None for bytes."""
-    if spec.tokenizer.kind == "byte":
-        return None
-    if spec.tokenizer.kind == "path":
-        assert spec.tokenizer.path is not None  # TokenizerSpec guarantees it
-        return local_path(spec.tokenizer.path, "tokenizer.path")
-    assert spec.model.path is not None  # JobSpec guarantees weights for compress jobs
-    return local_path(spec.model.path)
-
-
 def _text(spec: JobSpec) -> tuple[TextTokenizer, PackedWindows, PackedWindows]:
     """The tokenizer and the job's data as train and held-out windows."""
-    folder = tokenizer_folder(spec)
+    folder = model_tokenizer_folder(spec)
     tokenizer: TextTokenizer = ByteTokenizer() if folder is None else PretrainedTokenizer(folder)
     tokens = token_stream(load_documents(spec.data, spec.seed), tokenizer)
     train, held_out = split_windows(tokens, spec.data.seq_len, spec.data.eval_fraction)
@@ -195,7 +188,7 @@ def run_post_training(job: JobFile, spec: JobSpec, plan: Plan, ctx: DistContext,
         return TrainResult("preempted", 0, None, None, None)
     # 2. Compress and export.
     with timer.phase("2_compress_and_export"):
-        details = _compress_in_place(model, settings, job.export_dir, tokenizer_folder(spec))
+        details = _compress_in_place(model, settings, job.export_dir, model_tokenizer_folder(spec))
     # 3. Measure the original against what was saved.
     with (timer.phase("3_measure"), _saved_copy(original, run_dir / SCRATCH_DIR) as saved,
           _cpu_threads(settings.latency_threads) as threads):
@@ -260,7 +253,7 @@ def run_distill(job: JobFile, spec: JobSpec, plan: Plan, ctx: DistContext,
     result = trainer.run(start_step)
     if result.outcome != "done":
         return result
-    export_model(trainer.model, job.export_dir, tokenizer_folder(spec), ctx)
+    export_model(trainer.model, job.export_dir, model_tokenizer_folder(spec), ctx)
     if ctx.is_rank_zero:
         write_compression_info(job.export_dir, {
             "method": settings.method,

@@ -52,34 +52,17 @@ from workers.core.parallelize import ParallelDims, check_plan, parallelize
 from workers.core.preemption import StopRequest
 from workers.core.progress import ProgressReporter
 from workers.core.tasks import Task
-from workers.core.tokenizer import ByteTokenizer, PretrainedTokenizer, TextTokenizer
+from workers.core.tokenizer import (
+    ByteTokenizer,
+    PretrainedTokenizer,
+    TextTokenizer,
+    model_tokenizer_folder,
+)
 from workers.core.trainer import Trainer, TrainResult
 from workers.jobs.pretrain import check_batch, trainer_config
 from workers.protocol import JobFile
 
 logger = logging.getLogger(__name__)
-
-TOKENIZER_CONFIG = "tokenizer_config.json"
-"""The file every transformers tokenizer folder has (``save_pretrained`` writes it)."""
-
-
-def tokenizer_dir(spec: JobSpec) -> Path | None:
-    """The transformers tokenizer folder of a finetune job; None for the byte tokenizer."""
-    if spec.tokenizer.kind == "byte":
-        return None
-    if spec.tokenizer.kind == "path":
-        assert spec.tokenizer.path is not None  # TokenizerSpec guarantees it
-        return local_path(spec.tokenizer.path, "tokenizer.path")
-    assert spec.model.path is not None  # JobSpec guarantees weights for finetune
-    directory = local_path(spec.model.path)
-    if not (directory / TOKENIZER_CONFIG).is_file():
-        raise SpecError(
-            f"model.path: {directory} holds no tokenizer ({TOKENIZER_CONFIG}); a pretrain "
-            f"export of the byte tokenizer has none: add tokenizer: {{kind: byte}}, or name a "
-            f"tokenizer folder with tokenizer: {{kind: path, path: ...}}"
-        )
-    return directory
-
 
 def _check_plan_for_method(finetune: FinetuneSpec, dims: ParallelDims) -> None:
     """LoRA runs replicated (single rank or DDP); sharded plans are refused before any build."""
@@ -145,7 +128,7 @@ def build_trainer(job: JobFile, spec: JobSpec, plan: Plan, ctx: DistContext,
     Path(job.run_dir).mkdir(parents=True, exist_ok=True)
 
     # 2. Data: the model's tokenizer, the records encoded into rows, the split and the task.
-    directory = tokenizer_dir(spec)
+    directory = model_tokenizer_folder(spec)
     text_tokenizer: TextTokenizer = (ByteTokenizer() if directory is None
                                      else PretrainedTokenizer(directory))
     train, held_out = split_examples(_examples(spec, finetune, text_tokenizer, directory),
@@ -185,7 +168,7 @@ def export_finetuned(job: JobFile, spec: JobSpec, trainer: Trainer,
     """Write the adapters (LoRA) and the export folder; returns where they went."""
     finetune = spec.finetune
     assert finetune is not None
-    tokenizer_source = tokenizer_dir(spec)
+    tokenizer_source = model_tokenizer_folder(spec)
     if not isinstance(base, PeftModel):
         export_model(trainer.model, job.export_dir, tokenizer_source, ctx)
         return {"export": str(job.export_dir)}
