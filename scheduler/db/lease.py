@@ -42,6 +42,8 @@ class Fence:
     holder: str
     epoch: int
     expires_at: datetime
+    ttl_s: float = 0.0
+    """Each passed :func:`check` extends the lease to ``now + ttl_s`` (0: it does not)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,8 @@ def acquire_or_renew(session: Session, name: str, holder: str, ttl_s: float,
     ).first()
     if row is None:
         return None
-    return Fence(name=name, holder=holder, epoch=int(row[0]), expires_at=expires_at)
+    return Fence(name=name, holder=holder, epoch=int(row[0]), expires_at=expires_at,
+                 ttl_s=ttl_s)
 
 
 def check(session: Session, fence: Fence, now: datetime) -> None:
@@ -114,14 +117,20 @@ def check(session: Session, fence: Fence, now: datetime) -> None:
 
     Call it first in a write transaction: the matching ``UPDATE`` locks the lease row on
     PostgreSQL until the transaction ends, so no other replica can take the lease over before
-    this transaction's writes are committed.
+    this transaction's writes are committed. A passed check also renews the lease (to
+    ``now + fence.ttl_s``): a leader whose tick keeps writing — admitting and launching
+    thousands of gangs into an empty cluster takes longer than a lease — keeps leading, while
+    one that stops writing (frozen, hung, dead) still loses the lease after its time to live.
     """
     lease = SchedulerLease
+    now = _utc(now)
+    renewal = {"expires_at": now + timedelta(seconds=fence.ttl_s), "renewed_at": now} \
+        if fence.ttl_s > 0 else {"epoch": lease.epoch}
     result = session.execute(
         update(lease)
         .where(lease.name == fence.name, lease.holder == fence.holder,
-               lease.epoch == fence.epoch, lease.expires_at >= _utc(now))
-        .values(epoch=lease.epoch)
+               lease.epoch == fence.epoch, lease.expires_at >= now)
+        .values(**renewal)
         .execution_options(synchronize_session=False)
     )
     if int(getattr(result, "rowcount", 0) or 0) == 1:

@@ -72,14 +72,16 @@ def test_first_acquire_renew_refuse_expire_take_over(database: Database) -> None
     assert state is not None and (state.holder, state.epoch) == ("b", 2)
 
 
-def test_an_expired_lease_fails_the_check_even_if_nobody_took_it(database: Database) -> None:
+def test_a_passed_check_renews_the_lease_and_an_idle_lease_expires(database: Database) -> None:
     start = utcnow()
     fence = _acquire(database, "a", start)
-    assert fence is not None
-    _check(database, fence, start + timedelta(seconds=TTL_S))  # the last instant it is live
+    assert fence is not None and fence.ttl_s == TTL_S
+    # The last instant it is live: the write passes and renews the lease to start + 2 × TTL.
+    _check(database, fence, start + timedelta(seconds=TTL_S))
+    assert _acquire(database, "b", start + timedelta(seconds=TTL_S + 1)) is None  # still a's
     with pytest.raises(StaleLeaderError, match="its lease expired"):
-        _check(database, fence, start + timedelta(seconds=TTL_S + 0.001))
-    again = _acquire(database, "a", start + timedelta(seconds=TTL_S + 1))
+        _check(database, fence, start + timedelta(seconds=2 * TTL_S + 0.001))
+    again = _acquire(database, "a", start + timedelta(seconds=2 * TTL_S + 1))
     assert again is not None and again.epoch == 2  # re-taken after expiry: a new term
 
 
