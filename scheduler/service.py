@@ -176,25 +176,17 @@ class SchedulerService(Ticker):
 
     def cancel(self, job_id: int, reason: str = "cancelled by user",
                tenant: str | None = None) -> str:
-        """Cancel a job: at once if it holds no devices, else SIGTERM its gang and settle it."""
-        with self.db.write() as session:
-            job = repo.get_job(session, job_id, lock=True, tenant=tenant)
-            state = JobState(job.state)
-            if state in (JobState.PENDING, JobState.PREEMPTED):
-                repo.transition(session, job, JobState.CANCELLED, reason)
-                return job.state
-            if state not in LIVE_STATES:
-                return job.state
-            job.cancel_requested = True
-            repo.note(session, job, f"cancel requested: {reason}")
-            handle, pool_id = job.backend_handle, job.pool_id
-            if handle is None:
-                repo.release(session, job)
-                repo.transition(session, job, JobState.CANCELLED, reason)
-                return job.state
-            pool = session.get(Pool, pool_id) if pool_id else None
+        """Cancel a job: at once if it holds no devices, else SIGTERM its gang and settle it
+        (:meth:`request_cancel`, then the stop a leading tick would send, waited for here)."""
+        state = self.request_cancel(job_id, reason, tenant)
+        if JobState(state) not in LIVE_STATES:
+            return state
+        with self.db.read() as session:
+            job = repo.get_job(session, job_id)
+            handle = job.backend_handle
+            pool = session.get(Pool, job.pool_id) if job.pool_id else None
             backend = self.backends.get(pool.backend) if pool else None
-        if backend is not None:
+        if backend is not None and handle is not None:
             backend.cancel(handle, self.grace_s)
             status = backend.poll(handle)
             self._ingest_progress(job_id)
