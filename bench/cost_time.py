@@ -4,18 +4,20 @@
    models under every strategy the trainer has (single, ddp, fsdp_full, fsdp_grad_op, tp), some
    with activation recomputation or gradient accumulation, each built as a pretrain rank builds
    it. Measured: the ``step_time_s`` of the trainer's step events after warm-up.
-2. Peak: right before each run, every rank of the gang runs ``measure_cpu_peak`` at the same
-   time as the others, with the threads the run uses (one per rank by default); the mean over
-   ranks is one rank's share of the machine, as the workers measure it for MFU. Four ranks on
-   two cores oversubscribe the CPU: each measures about half a core, and that is all the model
-   is told about it.
+2. Peak and links: right before each run, every rank of the gang runs ``measure_cpu_peak`` at
+   the same time as the others, with the threads the run uses (one per rank by default); the
+   mean over ranks is one rank's share of the machine, as the workers measure it for MFU. Four
+   ranks on two cores oversubscribe the CPU: each measures about half a core. The gang also
+   measures its links as training meets them (``cost_time_runs.gang_links``: α of a collective
+   after a burst of compute, β of a large all-reduce); the host's share of a core is the cores
+   over the ranks. That is all the model is told about the machine.
 3. Repeat: every configuration runs ``--passes`` times, minutes apart. Other work on a shared
    machine only takes cores away, so the lower quartile of a configuration's steps and the
    upper quartile of a world size's peaks stand for the unloaded machine
    (``cost_time_runs.least_disturbed``); rank 0 counts the CPU seconds other work takes
    meanwhile, so the table shows how far from unloaded the machine was.
 4. Predict: ``scheduler.cost.planner.evaluate`` on a CPU pool (the catalog's ``cpu`` row with the
-   measured peak) for the very plan that ran: the planner's own code path.
+   measured peak, α, β and host share) for the very plan that ran: the planner's own code path.
 5. Calibrate and check: configurations split into two halves, alternating within each strategy
    (:func:`split_by_strategy`); η per (cpu, strategy) is recalibrated on the first half as the
    service does after a job (``scheduler.cost.calibration``: observed η with the rest of the
@@ -37,7 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cost_time_runs import WARMUP_STEPS, RunRequest, Summary, least_disturbed, load_runs, save_runs
+from cost_time_results import WARMUP_STEPS, Summary, least_disturbed, load_runs, save_runs
+from cost_time_runs import RunRequest
 from cost_time_runs import train as train_runs
 
 from scheduler.cost.calibration import StepObservation, calibrate
@@ -172,11 +175,16 @@ def run_request(config: BenchConfig, steps: int) -> RunRequest:
 # --- Predict with the planner's own code path ---
 
 
-def cpu_pool(peak_flops: float) -> PoolOption:
-    """A one-node CPU pool of four ranks: the catalog's ``cpu`` row with this peak per rank."""
-    return PoolOption(
-        "cpu", lookup("cpu", {"peak_bf16_flops": peak_flops}), devices_per_node=4, max_gang=4
-    )
+def cpu_pool(result: Summary, world: int) -> PoolOption:
+    """A one-node CPU pool of four ranks: the catalog's ``cpu`` row with the gang's measured
+    peak, α and β per rank, and each rank's share of a core for its host thread (ranks beyond
+    the cores share them; with one thread per rank, the bench's default)."""
+    overrides: dict[str, float] = {"peak_bf16_flops": result.peak_flops,
+                                   "host_speed": min(1.0, (os.cpu_count() or 1) / world)}
+    if result.collective_latency_s is not None and result.link_bytes_per_s:
+        overrides["collective_latency_s"] = result.collective_latency_s
+        overrides["intra_node_bytes_per_s"] = result.link_bytes_per_s
+    return PoolOption("cpu", lookup("cpu", overrides), devices_per_node=4, max_gang=4)
 
 
 def plan_request(config: BenchConfig, steps: int) -> PlanRequest:
@@ -198,15 +206,16 @@ def plan_request(config: BenchConfig, steps: int) -> PlanRequest:
 def predict(
     config: BenchConfig,
     steps: int,
-    peak_flops: float,
+    result: Summary,
     calibrated: dict[tuple[str, str], float] | None = None,
 ) -> Candidate:
-    return evaluate(plan_request(config, steps), cpu_pool(peak_flops), config.plan, calibrated)
+    pool = cpu_pool(result, config.plan.world_size)
+    return evaluate(plan_request(config, steps), pool, config.plan, calibrated)
 
 
 def observation(config: BenchConfig, steps: int, result: Summary) -> StepObservation:
     """A run as calibration sees it: the prior prediction's parts beside the measured step."""
-    prior = predict(config, steps, result.peak_flops)
+    prior = predict(config, steps, result)
     return StepObservation(
         (prior.accelerator, config.plan.strategy.value),
         prior.step_time_s,
@@ -257,8 +266,8 @@ def report(
     prior_errors, calibrated_errors = [], []
     for config in held_out:
         result = results[config.name]
-        prior = predict(config, steps, result.peak_flops)
-        after = predict(config, steps, result.peak_flops, calibrated)
+        prior = predict(config, steps, result)
+        after = predict(config, steps, result, calibrated)
         prior_errors.append(_error(prior.step_time_s, result.step_s))
         calibrated_errors.append(_error(after.step_time_s, result.step_s))
         print(
@@ -310,7 +319,7 @@ def print_details(
     for config in configs:
         result = results[config.name]
         phases = " ".join(f"{name} {value * 1e3:.1f}" for name, value in result.phases_s.items())
-        candidate = predict(config, steps, result.peak_flops, calibrated)
+        candidate = predict(config, steps, result, calibrated)
         print(
             f"{config.name:<40} {result.step_s * 1e3:7.1f} | "
             f"{result.fastest_run_step_s * 1e3:7.1f} = {phases} | {candidate.time_explain}"

@@ -1,12 +1,13 @@
 """Real training runs for ``bench/cost_time.py``: gloo gangs on this machine, their per-rank peak
-and how much of the machine other work took meanwhile.
+and links, and how much of the machine other work took meanwhile.
 
 Each gang (one per world size and pass) trains its runs one after the other, each built as a
 pretrain rank builds it (``init_distributed``, ``build_trainer``, ``Trainer.run``). Before each
-run the ranks measure their peak together (:func:`gang_peak_flops`). Rank 0 also reads the
-machine's CPU clocks (:class:`LoadProbe`) at every step: the CPU seconds the whole machine spent
-during the timed steps, less those of the gang's own processes, are what other work took.
-:func:`least_disturbed` then estimates the unloaded machine's figures from the repeats.
+run the ranks measure their peak and links together (:func:`gang_peak_flops`,
+:func:`gang_links`). Rank 0 also reads the machine's CPU clocks (:class:`LoadProbe`) at every
+step: the CPU seconds the whole machine spent during the timed steps, less those of the gang's
+own processes, are what other work took. ``cost_time_results.least_disturbed`` then estimates
+the unloaded machine's figures from the repeats.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import os
 import socket
 import statistics
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from cost_time_results import WARMUP_STEPS, Measured
 
 from workers.core.progress import ProgressReporter
 from workers.protocol import ProgressKind
@@ -27,9 +30,14 @@ from workers.protocol import ProgressKind
 if TYPE_CHECKING:
     from workers.core.distributed import DistContext
 
-WARMUP_STEPS = 3
 PEAK_ROUNDS = 3
 """``measure_cpu_peak`` calls per rank, back to back, before each run (the median counts)."""
+SYNC_ROUNDS = 30
+"""Compute-then-all-reduce rounds per latency measurement (:func:`gang_links`)."""
+LINK_PAYLOAD_BYTES = 4 * 2**20
+"""The all-reduce β is timed on: bandwidth-bound on every link here."""
+SYNC_PAYLOAD_BYTES = 2**20
+"""The all-reduce α is measured with: a block's activations or gradients at these sizes."""
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
@@ -140,6 +148,48 @@ def gang_peak_flops(ctx: DistContext) -> float:
     return float(ctx.all_reduce_sum([statistics.median(rounds)])[0] / ctx.world_size)
 
 
+def gang_links(ctx: DistContext) -> tuple[float, float]:
+    """(α, β) of this gang's links as training meets them, measured by all ranks at once.
+
+    β: ring bytes each rank sends per second in an all-reduce of :data:`LINK_PAYLOAD_BYTES`
+    with nothing else running, the fastest of five. α: what one all-reduce of
+    :data:`SYNC_PAYLOAD_BYTES` (a block's activations or gradients at these model sizes) adds
+    after a burst of matrix products, as collectives come in training, less its bytes at β;
+    the mean over :data:`SYNC_ROUNDS`, the faster of two tries. The burst is what makes it
+    honest: each rank's peer is busy computing when the collective starts, and gloo's
+    transfer waits until every rank is scheduled (2 ranks on this 2-core machine: 1.5–1.9 ms
+    beyond the bytes, where the same all-reduce alone takes 0.75–1.4 ms in all).
+    """
+    import torch
+    import torch.distributed as dist
+
+    left, right = torch.randn(256, 256), torch.randn(256, 256)
+    sync, payload = torch.zeros(SYNC_PAYLOAD_BYTES // 4), torch.zeros(LINK_PAYLOAD_BYTES // 4)
+    times_s = []
+    for _ in range(5):
+        ctx.barrier()
+        start_s = time.perf_counter()
+        dist.all_reduce(payload)
+        times_s.append(time.perf_counter() - start_s)
+    ring = 2 * (ctx.world_size - 1) / ctx.world_size
+    beta = ring * LINK_PAYLOAD_BYTES / min(times_s)
+
+    def rounds(with_collective: bool) -> float:
+        ctx.barrier()
+        start_s = time.perf_counter()
+        for _ in range(SYNC_ROUNDS):
+            for _ in range(4):
+                left @ right
+            if with_collective:
+                dist.all_reduce(sync)
+        return time.perf_counter() - start_s
+
+    added_s = min((rounds(True) - rounds(False)) / SYNC_ROUNDS for _ in range(2))
+    alpha_s = max(added_s - ring * SYNC_PAYLOAD_BYTES / beta, 0.0)
+    figures = ctx.all_reduce_sum([alpha_s, beta])
+    return figures[0] / ctx.world_size, figures[1] / ctx.world_size
+
+
 def gang_rank(
     rank: int, world: int, port: int, root: str, requests: list[RunRequest], threads: int
 ) -> None:
@@ -164,6 +214,7 @@ def gang_rank(
             run_dir = Path(root) / request.folder
             # 1. The peak, right before the run.
             peak_flops = gang_peak_flops(ctx)
+            alpha_s, link_bytes_per_s = gang_links(ctx) if world > 1 else (0.0, 0.0)
             # 2. The run, as a pretrain rank runs it, with the machine's clocks at every step.
             spec, plan = parse_spec(request.spec), Plan.from_dict(request.plan)
             job = JobFile(
@@ -180,98 +231,12 @@ def gang_rank(
                 clocks = reporter.clocks
                 other_cores = probe.other_cores(clocks[WARMUP_STEPS], clocks[max(clocks)])
                 (run_dir / "load.json").write_text(
-                    json.dumps({"peak_flops": peak_flops, "steps_other_cores": other_cores})
+                    json.dumps({"peak_flops": peak_flops, "steps_other_cores": other_cores,
+                                "collective_latency_s": alpha_s,
+                                "link_bytes_per_s": link_bytes_per_s})
                 )
     finally:
         shutdown_distributed()
-
-
-# --- What one run measured, and what counts over repeated runs ---
-
-
-@dataclass(frozen=True)
-class Measured:
-    """One run: its step times after warm-up, median phases, peaks, and the load beside it."""
-
-    steps_s: list[float]
-    phases_s: dict[str, float]
-    peak_flops: float
-    """Per-rank peak the gang measured just before the run (what predictions use)."""
-    trainer_peak_flops: float
-    """Per-rank peak the trainer measured for its MFU (one best-of-5 per rank, averaged)."""
-    steps_other_cores: float
-    """Cores other work kept busy, on average, during the timed steps."""
-
-    @property
-    def step_s(self) -> float:
-        return statistics.median(self.steps_s)
-
-    @classmethod
-    def read(cls, run_dir: Path) -> Measured:
-        """One run's figures from its progress events (rank 0's) and rank 0's probe."""
-        lines = (run_dir / "progress.jsonl").read_text().splitlines()
-        steps = [
-            event
-            for event in map(json.loads, lines)
-            if event["event"] == "step" and event["step"] > WARMUP_STEPS
-        ]
-        phases = {
-            name.removesuffix("_s"): statistics.median(event[name] for event in steps)
-            for name in ("data_s", "compute_s", "optimizer_s", "agree_s")
-        }
-        load = json.loads((run_dir / "load.json").read_text())
-        return cls(
-            [event["step_time_s"] for event in steps],
-            phases,
-            load["peak_flops"],
-            statistics.median(event["peak_flops"] for event in steps),
-            load["steps_other_cores"],
-        )
-
-
-@dataclass(frozen=True)
-class Summary:
-    """A configuration's figures over its repeated runs, as predictions are checked against."""
-
-    step_s: float
-    fastest_run_step_s: float
-    phases_s: dict[str, float]
-    """Median phases of its fastest run, whose median step is ``fastest_run_step_s``."""
-    peak_flops: float
-    other_cores: float
-    """Cores other work took during its timed steps, median over its runs."""
-    trainer_peak_flops: float
-
-
-def least_disturbed(
-    runs: Mapping[str, list[Measured]], world_sizes: Mapping[str, int]
-) -> dict[str, Summary]:
-    """Each configuration's figures as on the unloaded machine, from its repeated runs.
-
-    Other work on a shared machine only takes cores away: it lengthens steps and lowers
-    measured peaks, never the reverse, and it comes and goes within seconds. So a
-    configuration's step time is the lower quartile of its steps over all passes, and a world
-    size's per-rank peak (one figure, as a pool records it) the upper quartile of its
-    measurements, one before every run of every pass. The load probe's reading, the median over
-    the configuration's runs, says how far from unloaded the machine was.
-    """
-    measured: dict[int, list[float]] = {}
-    for name, values in runs.items():
-        measured.setdefault(world_sizes[name], []).extend(run.peak_flops for run in values)
-    peaks = {world: statistics.quantiles(values)[2] for world, values in measured.items()}
-    results = {}
-    for name, values in runs.items():
-        steps = [step for run in values for step in run.steps_s]
-        fastest = min(values, key=lambda run: run.step_s)
-        results[name] = Summary(
-            step_s=statistics.quantiles(steps)[0],
-            fastest_run_step_s=fastest.step_s,
-            phases_s=fastest.phases_s,
-            peak_flops=peaks[world_sizes[name]],
-            other_cores=statistics.median(run.steps_other_cores for run in values),
-            trainer_peak_flops=fastest.trainer_peak_flops,
-        )
-    return results
 
 
 def train(
@@ -304,22 +269,3 @@ def train(
                 flush=True,
             )
     return runs
-
-
-def save_runs(path: Path, runs: Mapping[str, list[Measured]]) -> None:
-    path.write_text(
-        json.dumps(
-            {name: [asdict(run) for run in values] for name, values in runs.items()}, indent=1
-        )
-    )
-
-
-def load_runs(path: Path, names: Sequence[str]) -> dict[str, list[Measured]]:
-    runs = {
-        name: [Measured(**fields) for fields in values]
-        for name, values in json.loads(path.read_text()).items()
-    }
-    missing = [name for name in names if name not in runs]
-    if missing:
-        raise SystemExit(f"{path} has no measurements of {missing}; run without --load")
-    return {name: runs[name] for name in names}

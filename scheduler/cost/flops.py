@@ -236,6 +236,22 @@ class TransformerShape:
         # the embedding LayerNorm for an encoder (post-norm blocks end in their own norms)
         return self.num_layers * per_layer + norm + embeddings + head + pooler
 
+    def parameter_tensors(self) -> int:
+        """How many parameter tensors ``model.parameters()`` yields: the optimizer and the
+        FSDP hooks do host work per tensor, whatever its size."""
+        norm = 2 if self.layer_norm_bias else 1
+        # Phi-3's qkv_proj and GPT-2's c_attn hold q, k and v in one matrix.
+        fused_qkv = self.fused_projections or not (self.gated_mlp or self.encoder)
+        attention = (2 if fused_qkv else 4) + ((1 if fused_qkv else 3) if self.qkv_bias else 0)
+        attention += 1 if self.output_bias else 0
+        mlp = (2 if self.fused_projections else 3) if self.gated_mlp else 2
+        mlp += mlp if self.mlp_bias else 0
+        per_layer = attention + mlp + self.norms_per_layer * norm + (2 if self.head_norms else 0)
+        embeddings = 1 + (1 if self.learned_positions else 0) + (1 if self.token_types else 0)
+        head = 0 if self.tied_embeddings else 1
+        pooler = 2 if self.encoder else 0
+        return self.num_layers * per_layer + norm + embeddings + head + pooler
+
     def linear_layers(self) -> dict[str, LinearLayer]:
         """The weight matrices of one block, by their module path inside the block."""
         d, f, d_h = self.hidden_size, self.intermediate_size, self.head_dim

@@ -33,12 +33,15 @@ from scheduler.cost.memory import (
     StepShape,
     estimate_peak,
 )
-from scheduler.cost.time import StepTime, efficiency, step_time
+from scheduler.cost.time import HostMode, StepTime, efficiency, elementwise_bytes, step_time
 from scheduler.domain.plan import Plan, Strategy
 
 MEMORY_HEADROOM = 0.90
 """Plan to at most 90 % of device memory: allocator fragmentation and library workspaces
 (cuBLAS, NCCL buffers) take the rest (PyTorch CUDA caching-allocator notes; a planning prior)."""
+
+HOST_MODES: dict[str, HostMode] = {"cpu": "serial", "gpu": "async", "tpu": "compiled"}
+"""How each family runs the host's eager dispatch beside its compute (scheduler.cost.time)."""
 
 STARTUP_S = 60.0
 """Seconds from launch to the first step: process start, imports, model build, data load
@@ -76,6 +79,13 @@ class ModelProfile:
     adapter_reads: tuple[str, ...] | None = None
     """LoRA: the input each adapted linear layer of a block reads (memory.Adapters)."""
     adapter_dropout: bool = False
+    parameter_tensors: int = 0
+    """Tensors the optimizer steps (host work per tensor); 0 if unknown: 9 per layer + 3."""
+    masked_attention_flops_per_token: float = 0.0
+    """Of ``flops_per_token``, the attention products a causal kernel never runs: half of
+    12·L·H·d_h·S, the masked triangle, which FlashAttention-2 (Dao 2023, §3.1.1) and torch's
+    CPU flash kernel skip block by block; 0 for a bidirectional encoder. Time counts the work
+    run; MFU keeps the full count (PaLM's convention)."""
 
 
 def model_profile(config: Mapping[str, Any], seq_len: int,
@@ -93,6 +103,9 @@ def model_profile(config: Mapping[str, Any], seq_len: int,
         # workers.core.tensor_parallel shards Llama-style (gated-MLP) blocks with separate
         # q/k/v and gate/up matrices only (not Phi-3's fused ones).
         tensor_parallel=shape.gated_mlp and not shape.fused_projections,
+        parameter_tensors=shape.parameter_tensors(),
+        masked_attention_flops_per_token=0.0 if shape.encoder
+        else 3 * shape.attention_flops_per_token(seq_len) / 2,
     )
 
 
@@ -295,8 +308,13 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
     per_token = profile.flops_per_token
     if recompute == "full":
         per_token = profile.recompute_flops_per_token or per_token * 8 / 6
+    masked = profile.masked_attention_flops_per_token
+    if recompute == "full":
+        masked *= 4 / 3  # the recomputed forward skips its third again
+    per_token -= masked
     if not profile.trains:
-        per_token = profile.flops_per_token / 3  # forward only: 2·N of training's 6·N
+        # Forward only: 2·N of training's 6·N.
+        per_token = (profile.flops_per_token - profile.masked_attention_flops_per_token) / 3
     flops = (per_token + profile.extra_flops_per_token) * tokens_per_device
     bytes_per_value = 2 if precision == "bf16_mixed" else 4
     # Parameters whose gradients are reduced and whose optimizer states are stepped: all of
@@ -305,17 +323,29 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
     multi_node = plan.nodes > 1
     eta = (calibrated or {}).get((pool.accelerator_name or acc.name, plan.strategy.value)) \
         or efficiency(acc.family, plan.strategy.value)
+    tensors = profile.parameter_tensors or 9 * profile.layers + 3
+    if not profile.trains:
+        tensors = 0
+    elif profile.adapter_reads is not None:
+        tensors = 2 * len(profile.adapter_reads) * profile.layers  # LoRA's A and B
     timing = step_time(
         flops_per_device=flops, peak_flops=acc.peak_bf16_flops,
         eta=eta, strategy=plan.strategy.value,
         params_per_device_full=synced / plan.tp, weight_bytes=bytes_per_value,
-        grad_bytes=bytes_per_value, dp=plan.dp,
+        grad_bytes=bytes_per_value, dp=plan.dp, dp_replicate=plan.dp_replicate,
         dp_link_bytes_per_s=acc.network_bytes_per_s if multi_node else acc.intra_node_bytes_per_s,
         tp=plan.tp, tp_link_bytes_per_s=acc.intra_node_bytes_per_s,
         tp_activation_bytes=request.seq_len * plan.micro_batch * profile.hidden * bytes_per_value,
         layers=profile.layers, grad_accum=plan.grad_accum,
         memory_bandwidth_bytes_per_s=acc.memory_bandwidth_bytes_per_s,
         local_params=(synced / plan.tp / (plan.dp_shard if plan.dp_shard > 1 else 1)),
+        collective_latency_s=acc.collective_latency_s, dp_overlap=acc.dp_overlap,
+        parameter_tensors=tensors, recompute=recompute == "full",
+        host_mode=HOST_MODES.get(acc.family, "async"), host_speed=acc.host_speed,
+        forward_only=not profile.trains,
+        elementwise_bytes=elementwise_bytes(
+            request.seq_len * plan.micro_batch, profile.hidden, profile.layers // plan.pp,
+            bytes_per_value, plan.tp, recompute == "full", not profile.trains),
     )
     run_s = STARTUP_S + request.total_steps * timing.total_s
     price = plan.world_size * run_s / 3600 * acc.price_per_device_hour

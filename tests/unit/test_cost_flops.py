@@ -245,6 +245,8 @@ def _shape(model: torch.nn.Module) -> TransformerShape:
 def test_parameter_count_equals_the_models(case: Case) -> None:
     model = _meta_model(case)
     assert _shape(model).parameter_count() == model.num_parameters()
+    # The optimizer's and FSDP's host work goes per tensor: count them as torch yields them.
+    assert _shape(model).parameter_tensors() == len(list(model.parameters()))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
@@ -349,6 +351,7 @@ def test_an_encoder_counts_its_parameters_flops_and_lora_like_torch_and_peft() -
     shape = TransformerShape.from_config(config.to_dict())
     model = AutoModel.from_config(config)
     assert shape.parameter_count() == sum(p.numel() for p in model.parameters())
+    assert shape.parameter_tensors() == len(list(model.parameters()))
     seq_len, batch = 64, 2
     counter = FlopCounterMode(display=False)
     with counter:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from scheduler.cost.hardware import lookup
 from scheduler.cost.planner import ModelProfile, PlanRequest, PoolOption, plan_job
 from scheduler.domain.plan import Strategy
@@ -97,3 +99,61 @@ def test_tensor_parallel_is_only_offered_where_the_trainer_can_run_it() -> None:
         assert offered == tp_allowed  # llama: kv heads 4 rule out tp 8
     assert llama.recompute_flops_per_token is not None
     assert llama.flops_per_token < llama.recompute_flops_per_token < llama.flops_per_token * 8 / 6
+
+
+LLAMA_SMALL = {"model_type": "llama", "vocab_size": 512, "hidden_size": 256,
+               "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 688}
+
+
+def _evaluate_on(pool: PoolOption, profile: ModelProfile, strategy: str, world: int):  # type: ignore[no-untyped-def]
+    from scheduler.cost.planner import evaluate
+    from scheduler.domain.plan import Plan
+
+    dp_shard = world if strategy.startswith("fsdp") else 1
+    plan = Plan(Strategy(strategy), world, world // dp_shard, dp_shard, 1, 1, 4, 8 // (4 * world),
+                False).validate()
+    job = PlanRequest(profile=profile, seq_len=128, global_batch=8, total_steps=10)
+    return evaluate(job, pool, plan)
+
+
+def test_a_causal_kernel_skips_half_the_attention_an_encoder_does_not() -> None:
+    from scheduler.cost.planner import model_profile
+
+    decoder = model_profile(LLAMA_SMALL, seq_len=128)
+    # 12·L·H·d_h·S per token for training; a causal kernel skips the masked half of it.
+    assert decoder.masked_attention_flops_per_token == 12 * 4 * 256 * 128 / 2
+    encoder = model_profile({"model_type": "bert", "vocab_size": 512, "hidden_size": 256,
+                             "num_hidden_layers": 4, "num_attention_heads": 4,
+                             "intermediate_size": 1024, "max_position_embeddings": 128},
+                            seq_len=128)
+    assert encoder.masked_attention_flops_per_token == 0.0
+    cpu = PoolOption("cpu", lookup("cpu"), devices_per_node=4, max_gang=4)
+    full = replace(decoder, masked_attention_flops_per_token=0.0)
+    skipping = _evaluate_on(cpu, decoder, "single", 1).time_parts_s["compute"]
+    counting = _evaluate_on(cpu, full, "single", 1).time_parts_s["compute"]
+    assert skipping == pytest.approx(
+        counting * (1 - decoder.masked_attention_flops_per_token / decoder.flops_per_token))
+
+
+def test_a_cpu_pays_host_and_collective_costs_a_gpu_hides() -> None:
+    from scheduler.cost.planner import model_profile
+
+    profile = model_profile(LLAMA_SMALL, seq_len=128)
+    assert profile.parameter_tensors == 4 * 9 + 3
+    cpu = PoolOption("cpu", lookup("cpu"), devices_per_node=4, max_gang=4)
+    on_cpu = _evaluate_on(cpu, profile, "fsdp_full", 2).time_parts_s
+    on_gpu = _evaluate_on(H100, profile, "fsdp_full", 2).time_parts_s
+    # CPU: host dispatch in series; every collective pays the gloo row's α, nothing overlaps.
+    assert on_cpu["host"] > 0 and on_cpu["elementwise"] > 0
+    alpha = lookup("cpu").collective_latency_s
+    assert on_cpu["data_parallel_comm_exposed"] > (3 * 4 + 2) * alpha
+    assert on_cpu["synchronisation"] == 2 * alpha
+    # GPU: the same dispatch runs ahead of the kernels, so only what outlasts them shows; a
+    # model this small is host-bound, a 7B one is not.
+    device = sum(v for k, v in on_gpu.items() if k not in ("host", "optimizer"))
+    assert on_gpu["host"] == pytest.approx(on_cpu["host"] - device)
+    assert on_gpu["host"] > 0
+    big = plan_job(request(devices=8), [H100]).best
+    assert big is not None and big.time_parts_s["host"] == 0.0
+    assert "host" not in _evaluate_on(PoolOption("v5p", lookup("v5p"), 4, 4), profile,
+                                      "fsdp_full", 2).time_parts_s
