@@ -4,7 +4,7 @@ VENV ?= .venv
 export VENV
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast soak lint bench clean
 
 setup:
 	./scripts/setup.sh
@@ -14,6 +14,9 @@ demo: setup
 
 test: setup lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+soak: setup
+	$(VENV)/bin/pytest -m soak $(PYTEST_ARGS)
 
 test-fast: setup
 	$(VENV)/bin/pytest -m "not slow and not postgres" $(PYTEST_ARGS)

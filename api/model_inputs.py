@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from scheduler.cost.planner import ModelProfile
+from scheduler.cost.profile import ModelProfile
 from scheduler.db import repo
 from scheduler.domain.errors import SpecError
 from scheduler.domain.locations import is_job_ref, job_ref_name

@@ -20,7 +20,7 @@ from typing import Any
 
 from api.model_inputs import model_profile_for, submit_profile
 from scheduler.auth import Principal
-from scheduler.cost.planner import ModelProfile
+from scheduler.cost.profile import ModelProfile
 from scheduler.domain.errors import ForbiddenError, SpecError
 from scheduler.domain.locations import is_job_ref, is_package_ref
 from scheduler.domain.spec import JobSpec, parse_spec

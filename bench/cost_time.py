@@ -45,7 +45,8 @@ from cost_time_runs import train as train_runs
 
 from scheduler.cost.calibration import StepObservation, calibrate
 from scheduler.cost.hardware import lookup
-from scheduler.cost.planner import Candidate, PlanRequest, PoolOption, evaluate, model_profile
+from scheduler.cost.planner import Candidate, PlanRequest, PoolOption, evaluate
+from scheduler.cost.profile import model_profile
 from scheduler.cost.time import efficiency
 from scheduler.domain.plan import Plan, Strategy
 from scheduler.domain.spec import JobSpec, parse_spec

@@ -9,7 +9,8 @@ import statistics
 import time
 
 from scheduler.cost.hardware import lookup
-from scheduler.cost.planner import ModelProfile, PlanRequest, PoolOption, plan_job
+from scheduler.cost.planner import PlanRequest, PoolOption, plan_job
+from scheduler.cost.profile import ModelProfile
 
 LLAMA_7B = ModelProfile(params=6.74e9, layer_params=2.02e8, layers=32, hidden=4096, heads=32,
                         vocab=32000, flops_per_token=6 * 6.74e9)

@@ -35,11 +35,11 @@ from scheduler.cost.hardware import lookup
 from scheduler.cost.planner import (
     Calibrated,
     Candidate,
-    ModelProfile,
     PlanRequest,
     PoolOption,
     plan_job,
 )
+from scheduler.cost.profile import ModelProfile
 from scheduler.domain.errors import PlanError
 from scheduler.domain.plan import Plan
 from scheduler.domain.resources import (

@@ -16,12 +16,11 @@ from typing import Any
 
 from scheduler.cost.planner import (
     Candidate,
-    ModelProfile,
     PlanReport,
     PlanRequest,
-    model_profile,
     plan_job,
 )
+from scheduler.cost.profile import ModelProfile, model_profile
 from scheduler.cycle import pool_option
 from scheduler.db import repo
 from scheduler.db.session import Database
@@ -32,7 +31,7 @@ from scheduler.policies.placement import matching_pools
 
 ModelInput = ModelProfile | Mapping[str, Any]
 """The planner's view of a job's model, or the model's full transformers config (a pretraining
-job's model as it is: :func:`scheduler.cost.planner.model_profile` makes the view)."""
+job's model as it is: :func:`scheduler.cost.profile.model_profile` makes the view)."""
 
 
 def as_profile(spec: JobSpec, model: ModelInput) -> ModelProfile:

@@ -73,7 +73,7 @@ class JobBuilder:
     def model(self, config: dict[str, Any], seq_len: int = 2048, steps: int = 1000,
               precision: str = "bf16") -> JobBuilder:
         """A pretraining job whose model the cost model knows (it is planned by prediction)."""
-        from scheduler.cost.planner import model_profile
+        from scheduler.cost.profile import model_profile
 
         return JobBuilder(replace(self.view, kind="pretrain", seq_len=seq_len, total_steps=steps,
                                   precision=precision,

@@ -20,7 +20,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from scheduler.cost.flops import TransformerShape, training_flops_per_token
 from scheduler.cost.hardware import Accelerator
 from scheduler.cost.memory import (
     CPU_FRAMEWORK_OVERHEAD_BYTES,
@@ -33,6 +32,7 @@ from scheduler.cost.memory import (
     StepShape,
     estimate_peak,
 )
+from scheduler.cost.profile import ModelProfile
 from scheduler.cost.time import HostMode, StepTime, efficiency, elementwise_bytes, step_time
 from scheduler.domain.plan import Plan, Strategy
 
@@ -46,67 +46,6 @@ HOST_MODES: dict[str, HostMode] = {"cpu": "serial", "gpu": "async", "tpu": "comp
 STARTUP_S = 60.0
 """Seconds from launch to the first step: process start, imports, model build, data load
 (a prior, recalibrated like η)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelProfile:
-    """What the planner needs to know about a model (from its config: scheduler.cost.flops)."""
-
-    params: float
-    layer_params: float
-    layers: int
-    hidden: int
-    heads: int
-    vocab: int
-    flops_per_token: float
-    """Training FLOPs per token (forward + backward), without recomputation."""
-    trainable_params: float | None = None
-    recompute_flops_per_token: float | None = None
-    """The same with full activation recomputation (one more forward of the blocks)."""
-    kv_heads: int | None = None
-    intermediate: int | None = None
-    tensor_parallel: bool = True
-    """Whether the trainer can shard this architecture with tensor parallelism."""
-    strategies: tuple[str, ...] | None = None
-    """Strategies the job's trainer runs (None: every one); LoRA runs replicated only."""
-    resident_bytes: float = 0.0
-    """Bytes per device held beside the trained model (a distillation teacher's weights)."""
-    extra_flops_per_token: float = 0.0
-    """FLOPs per token beyond training the model (the teacher's forward pass)."""
-    trains: bool = True
-    """False for a job that only runs the model forward (quantize, prune): one device, no
-    gradients or optimizer states, forward FLOPs only."""
-    adapter_reads: tuple[str, ...] | None = None
-    """LoRA: the input each adapted linear layer of a block reads (memory.Adapters)."""
-    adapter_dropout: bool = False
-    parameter_tensors: int = 0
-    """Tensors the optimizer steps (host work per tensor); 0 if unknown: 9 per layer + 3."""
-    masked_attention_flops_per_token: float = 0.0
-    """Of ``flops_per_token``, the attention products a causal kernel never runs: half of
-    12·L·H·d_h·S, the masked triangle, which FlashAttention-2 (Dao 2023, §3.1.1) and torch's
-    CPU flash kernel skip block by block; 0 for a bidirectional encoder. Time counts the work
-    run; MFU keeps the full count (PaLM's convention)."""
-
-
-def model_profile(config: Mapping[str, Any], seq_len: int,
-                  trainable_params: float | None = None) -> ModelProfile:
-    """The planner's view of a model from its full transformers config dict."""
-    shape = TransformerShape.from_config(config)
-    return ModelProfile(
-        params=shape.parameter_count(),
-        layer_params=shape.layer_matmul_parameters / shape.num_layers,
-        layers=shape.num_layers, hidden=shape.hidden_size, heads=shape.num_heads,
-        vocab=shape.vocab_size, flops_per_token=training_flops_per_token(shape, seq_len),
-        trainable_params=trainable_params,
-        recompute_flops_per_token=training_flops_per_token(shape, seq_len, recompute=True),
-        kv_heads=shape.num_kv_heads, intermediate=shape.intermediate_size,
-        # workers.core.tensor_parallel shards Llama-style (gated-MLP) blocks with separate
-        # q/k/v and gate/up matrices only (not Phi-3's fused ones).
-        tensor_parallel=shape.gated_mlp and not shape.fused_projections,
-        parameter_tensors=shape.parameter_tensors(),
-        masked_attention_flops_per_token=0.0 if shape.encoder
-        else 3 * shape.attention_flops_per_token(seq_len) / 2,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,35 +220,64 @@ Calibrated = Mapping[tuple[str, str], float]
 """η measured on this cluster, keyed by (accelerator name as the pool gives it, strategy)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Fixed:
+    """What every plan of one job on one pool shares: worked out once per pool, not per plan."""
+
+    trainable: float | None
+    synced: float
+    """Parameters whose gradients are reduced and whose optimizer states are stepped: all of
+    them, the adapters of a LoRA job, none for a forward-only job."""
+    adapters: Adapters | None
+    overhead_bytes: float
+    limit_bytes: float
+    tensors: int
+    host_mode: HostMode
+    label: str
+
+    @classmethod
+    def of(cls, request: PlanRequest, pool: PoolOption) -> _Fixed:
+        profile, acc = request.profile, pool.accelerator
+        trainable = profile.trainable_params if profile.trains else 0.0
+        adapters = Adapters(tuple(profile.adapter_reads), profile.adapter_dropout) \
+            if profile.adapter_reads is not None else None  # type: ignore[arg-type]
+        # A CPU rank's whole footprint counts against the machine's memory: the process after
+        # its imports plus what autograd and the optimizer hold beyond tensors (memory.py,
+        # measured). On accelerators the process lives in host memory and only the tensors
+        # (and MEMORY_HEADROOM for allocator and library workspaces) count against the device.
+        overhead = CPU_PROCESS_BASELINE_BYTES + CPU_FRAMEWORK_OVERHEAD_BYTES \
+            if acc.family == "cpu" else 0.0
+        tensors = profile.parameter_tensors or 9 * profile.layers + 3
+        if not profile.trains:
+            tensors = 0
+        elif profile.adapter_reads is not None:
+            tensors = 2 * len(profile.adapter_reads) * profile.layers  # LoRA's A and B
+        return cls(trainable, profile.params if trainable is None else trainable, adapters,
+                   overhead, acc.memory_bytes * MEMORY_HEADROOM, tensors,
+                   HOST_MODES.get(acc.family, "async"), pool.accelerator_name or acc.name)
+
+
 def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
-             calibrated: Calibrated | None = None) -> Candidate:
+             calibrated: Calibrated | None = None, fixed: _Fixed | None = None) -> Candidate:
     """Predict memory, time and price of one plan on one pool."""
     profile, acc = request.profile, pool.accelerator
+    fixed = fixed or _Fixed.of(request, pool)
+    strategy = plan.strategy.value
     precision = _precision(plan.precision)
     recompute: Recompute = "full" if plan.activation_checkpointing else "none"
-    trainable = profile.trainable_params if profile.trains else 0.0
-    adapters = Adapters(tuple(profile.adapter_reads), profile.adapter_dropout) \
-        if profile.adapter_reads is not None else None  # type: ignore[arg-type]
     shape = StepShape(params=profile.params, layers=profile.layers, hidden=profile.hidden,
                       heads=profile.heads, vocab=profile.vocab, seq_len=request.seq_len,
                       micro_batch=plan.micro_batch, layer_params=profile.layer_params,
-                      trainable_params=trainable, adapters=adapters)
-    # A CPU rank's whole footprint counts against the machine's memory: the process after its
-    # imports plus what autograd and the optimizer hold beyond tensors (memory.py, measured).
-    # On accelerators the process lives in host memory and only the tensors (and MEMORY_HEADROOM
-    # for allocator and library workspaces) count against the device.
-    overhead = CPU_PROCESS_BASELINE_BYTES + CPU_FRAMEWORK_OVERHEAD_BYTES \
-        if acc.family == "cpu" else 0.0
+                      trainable_params=fixed.trainable, adapters=fixed.adapters)
     memory = estimate_peak(shape, SHARDING[plan.strategy], plan.dp_shard, plan.tp, precision,
-                           recompute, framework_overhead_bytes=overhead)
+                           recompute, framework_overhead_bytes=fixed.overhead_bytes)
     memory_bytes = memory.total_bytes + profile.resident_bytes
-    limit = acc.memory_bytes * MEMORY_HEADROOM
+    limit = fixed.limit_bytes
     tokens_per_device = request.global_batch * request.seq_len / plan.world_size
     per_token = profile.flops_per_token
-    if recompute == "full":
-        per_token = profile.recompute_flops_per_token or per_token * 8 / 6
     masked = profile.masked_attention_flops_per_token
     if recompute == "full":
+        per_token = profile.recompute_flops_per_token or per_token * 8 / 6
         masked *= 4 / 3  # the recomputed forward skips its third again
     per_token -= masked
     if not profile.trains:
@@ -317,35 +285,27 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
         per_token = (profile.flops_per_token - profile.masked_attention_flops_per_token) / 3
     flops = (per_token + profile.extra_flops_per_token) * tokens_per_device
     bytes_per_value = 2 if precision == "bf16_mixed" else 4
-    # Parameters whose gradients are reduced and whose optimizer states are stepped: all of
-    # them, the adapters of a LoRA job, none for a forward-only job.
-    synced = profile.params if trainable is None else trainable
-    multi_node = plan.nodes > 1
-    eta = (calibrated or {}).get((pool.accelerator_name or acc.name, plan.strategy.value)) \
-        or efficiency(acc.family, plan.strategy.value)
-    tensors = profile.parameter_tensors or 9 * profile.layers + 3
-    if not profile.trains:
-        tensors = 0
-    elif profile.adapter_reads is not None:
-        tensors = 2 * len(profile.adapter_reads) * profile.layers  # LoRA's A and B
+    synced, tp = fixed.synced, plan.tp
+    eta = (calibrated or {}).get((fixed.label, strategy)) or efficiency(acc.family, strategy)
     timing = step_time(
         flops_per_device=flops, peak_flops=acc.peak_bf16_flops,
-        eta=eta, strategy=plan.strategy.value,
-        params_per_device_full=synced / plan.tp, weight_bytes=bytes_per_value,
+        eta=eta, strategy=strategy,
+        params_per_device_full=synced / tp, weight_bytes=bytes_per_value,
         grad_bytes=bytes_per_value, dp=plan.dp, dp_replicate=plan.dp_replicate,
-        dp_link_bytes_per_s=acc.network_bytes_per_s if multi_node else acc.intra_node_bytes_per_s,
-        tp=plan.tp, tp_link_bytes_per_s=acc.intra_node_bytes_per_s,
+        dp_link_bytes_per_s=acc.network_bytes_per_s if plan.nodes > 1
+        else acc.intra_node_bytes_per_s,
+        tp=tp, tp_link_bytes_per_s=acc.intra_node_bytes_per_s,
         tp_activation_bytes=request.seq_len * plan.micro_batch * profile.hidden * bytes_per_value,
         layers=profile.layers, grad_accum=plan.grad_accum,
         memory_bandwidth_bytes_per_s=acc.memory_bandwidth_bytes_per_s,
-        local_params=(synced / plan.tp / (plan.dp_shard if plan.dp_shard > 1 else 1)),
+        local_params=(synced / tp / (plan.dp_shard if plan.dp_shard > 1 else 1)),
         collective_latency_s=acc.collective_latency_s, dp_overlap=acc.dp_overlap,
-        parameter_tensors=tensors, recompute=recompute == "full",
-        host_mode=HOST_MODES.get(acc.family, "async"), host_speed=acc.host_speed,
+        parameter_tensors=fixed.tensors, recompute=recompute == "full",
+        host_mode=fixed.host_mode, host_speed=acc.host_speed,
         forward_only=not profile.trains,
         elementwise_bytes=elementwise_bytes(
             request.seq_len * plan.micro_batch, profile.hidden, profile.layers // plan.pp,
-            bytes_per_value, plan.tp, recompute == "full", not profile.trains),
+            bytes_per_value, tp, recompute == "full", not profile.trains),
     )
     run_s = STARTUP_S + request.total_steps * timing.total_s
     price = plan.world_size * run_s / 3600 * acc.price_per_device_hour
@@ -354,8 +314,7 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
                            f"has {limit / 2**30:.2f} GiB usable")
     return Candidate(pool.name, plan, memory_bytes, limit, timing.total_s, run_s,
                      pool.wait_s + run_s, price, fits, why, memory, timing,
-                     pool.accelerator_name or acc.name, eta, timing.parts_s,
-                     profile.resident_bytes)
+                     fixed.label, eta, timing.parts_s, profile.resident_bytes)
 
 
 def _rank_key(request: PlanRequest, candidate: Candidate) -> tuple[float, ...]:
@@ -371,9 +330,11 @@ def plan_job(request: PlanRequest, pools: Sequence[PoolOption],
     """Enumerate → predict → reject → rank (module docstring)."""
     report = PlanReport()
     for pool in pools:
+        fixed = _Fixed.of(request, pool)
         for world in _gang_sizes(request, pool):
             for plan in _layouts(request, pool, world):
-                candidate = _apply_limits(request, evaluate(request, pool, plan, calibrated))
+                candidate = _apply_limits(request,
+                                          evaluate(request, pool, plan, calibrated, fixed))
                 (report.ranked if candidate.fits else report.rejected).append(candidate)
     report.ranked.sort(key=lambda c: _rank_key(request, c))
     return report

@@ -172,7 +172,7 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     plan: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     model_profile: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
-    """The cost model's view of the job's model (scheduler.cost.planner.ModelProfile fields),
+    """The cost model's view of the job's model (scheduler.cost.profile.ModelProfile fields),
     resolved once at submit so the cycle can plan without an ML framework."""
     pool_id: Mapped[int | None] = mapped_column(ForeignKey("pool.id"), default=None)
     pending_reason: Mapped[str | None] = mapped_column(Text, default=None)

@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 
 from scheduler.cost.hardware import lookup
-from scheduler.cost.planner import ModelProfile, PlanRequest, PoolOption, plan_job
+from scheduler.cost.planner import PlanRequest, PoolOption, plan_job
+from scheduler.cost.profile import ModelProfile
 from scheduler.domain.plan import Strategy
 
 # Llama-2 7B shape (Touvron et al. 2023): 32 layers, d=4096, 32 heads, V=32000, 6.74 B params.
@@ -86,7 +87,7 @@ def test_every_plan_is_valid_for_its_world_size() -> None:
 
 
 def test_tensor_parallel_is_only_offered_where_the_trainer_can_run_it() -> None:
-    from scheduler.cost.planner import model_profile
+    from scheduler.cost.profile import model_profile
 
     gpt2 = model_profile({"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12,
                           "vocab_size": 50257, "n_positions": 1024}, seq_len=1024)
@@ -117,7 +118,7 @@ def _evaluate_on(pool: PoolOption, profile: ModelProfile, strategy: str, world: 
 
 
 def test_a_causal_kernel_skips_half_the_attention_an_encoder_does_not() -> None:
-    from scheduler.cost.planner import model_profile
+    from scheduler.cost.profile import model_profile
 
     decoder = model_profile(LLAMA_SMALL, seq_len=128)
     # 12·L·H·d_h·S per token for training; a causal kernel skips the masked half of it.
@@ -136,7 +137,7 @@ def test_a_causal_kernel_skips_half_the_attention_an_encoder_does_not() -> None:
 
 
 def test_a_cpu_pays_host_and_collective_costs_a_gpu_hides() -> None:
-    from scheduler.cost.planner import model_profile
+    from scheduler.cost.profile import model_profile
 
     profile = model_profile(LLAMA_SMALL, seq_len=128)
     assert profile.parameter_tensors == 4 * 9 + 3

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.cost.flops import TransformerShape
-from scheduler.cost.planner import ModelProfile, model_profile
+from scheduler.cost.profile import ModelProfile, model_profile
 from scheduler.domain.errors import SpecError
 from scheduler.domain.locations import is_job_ref, local_path
 from scheduler.domain.spec import JobKind, JobSpec
