@@ -18,7 +18,7 @@ from typing import Any
 
 from scheduler.cost.exact import LoraSetting, traced_peak
 from scheduler.cost.flops import TransformerShape
-from scheduler.cost.memory import Adapters, StepShape, estimate_peak, stores_attention_scores
+from scheduler.cost.memory import StepShape, estimate_peak, stores_attention_scores
 
 LLAMA_SMALL = {
     "hidden_size": 128,
@@ -84,24 +84,9 @@ def closed_form(
 
     full = AutoConfig.for_model(architecture, **config).to_dict()
     shape = TransformerShape.from_config(full)
-    params = shape.parameter_count()
-    trainable, adapters = None, None
-    if lora is not None:
-        trainable = shape.lora_parameter_count(lora.target_modules, lora.rank)
-        params += trainable
-        adapters = Adapters.lora(shape, lora.target_modules, lora.dropout)
-    step = StepShape(
-        params=params,
-        layers=shape.num_layers,
-        hidden=shape.hidden_size,
-        heads=shape.num_heads,
-        vocab=shape.vocab_size,
-        seq_len=seq_len,
-        micro_batch=micro_batch,
-        layer_params=shape.layer_matmul_parameters / shape.num_layers,
-        trainable_params=trainable,
-        adapters=adapters,
-    )
+    targets, rank, dropout = (lora.target_modules, lora.rank, lora.dropout) if lora \
+        else (None, 0, 0.0)
+    step = StepShape.of_model(shape, seq_len, micro_batch, targets, rank, dropout)
     return estimate_peak(
         step, "ddp", 1, precision="fp32", attention_scores_stored=stores_attention_scores(full)
     ).total_bytes

@@ -165,7 +165,6 @@ def closed_form(run: Run) -> float:
 
     from scheduler.cost.flops import TransformerShape
     from scheduler.cost.memory import (
-        Adapters,
         StepShape,
         estimate_peak,
         stores_attention_scores,
@@ -173,24 +172,8 @@ def closed_form(run: Run) -> float:
 
     full = AutoConfig.for_model(run.architecture, **run.config).to_dict()
     shape = TransformerShape.from_config(full)
-    params = shape.parameter_count()
-    trainable, adapters = None, None
-    if run.lora_rank:
-        trainable = shape.lora_parameter_count(run.lora_targets, run.lora_rank)
-        params += trainable
-        adapters = Adapters.lora(shape, run.lora_targets)
-    step = StepShape(
-        params=params,
-        layers=shape.num_layers,
-        hidden=shape.hidden_size,
-        heads=shape.num_heads,
-        vocab=shape.vocab_size,
-        seq_len=run.seq_len,
-        micro_batch=run.micro_batch,
-        layer_params=shape.layer_matmul_parameters / shape.num_layers,
-        trainable_params=trainable,
-        adapters=adapters,
-    )
+    step = StepShape.of_model(shape, run.seq_len, run.micro_batch, run.lora_targets,
+                              run.lora_rank)
     return estimate_peak(
         step,
         "ddp",

@@ -37,7 +37,8 @@ from scheduler.domain.spec import (
 from scheduler.domain.state import LIVE_STATES, JobState
 from scheduler.planning import ModelInput, plan_spec, profile_fields
 from scheduler.policies.placement import check_schedulable
-from scheduler.tick import DEFAULT_GRACE_S, UNLAUNCHED_TIMEOUT_S, Ticker, TickReport
+from scheduler.reconcile import DEFAULT_GRACE_S, UNLAUNCHED_TIMEOUT_S
+from scheduler.tick import Ticker, TickReport
 from workers.backends.base import GangPhase, GangStatus
 from workers.protocol import EXPORT_DIR_NAME
 

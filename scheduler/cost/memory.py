@@ -221,6 +221,24 @@ class StepShape:
     adapters: Adapters | None = None
     """LoRA on a frozen base (``Adapters.lora``); None: every weight trains."""
 
+    @classmethod
+    def of_model(cls, shape: TransformerShape, seq_len: int, micro_batch: int,
+                 lora_targets: Sequence[str] | str | None = None, lora_rank: int = 0,
+                 lora_dropout: float = 0.0) -> StepShape:
+        """The step of a whole model from its shape; with ``lora_rank``, of peft LoRA adapters
+        on ``lora_targets`` over its frozen weights."""
+        params = shape.parameter_count()
+        trainable, adapters = None, None
+        if lora_rank:
+            trainable = shape.lora_parameter_count(lora_targets, lora_rank)
+            params += trainable
+            adapters = Adapters.lora(shape, lora_targets, lora_dropout)
+        return cls(params=params, layers=shape.num_layers, hidden=shape.hidden_size,
+                   heads=shape.num_heads, vocab=shape.vocab_size, seq_len=seq_len,
+                   micro_batch=micro_batch,
+                   layer_params=shape.layer_matmul_parameters / shape.num_layers,
+                   trainable_params=trainable, adapters=adapters)
+
 
 def optimizer_temporary_bytes(trainable_params: float, foreach: bool = True) -> float:
     """Scratch memory of the optimizer step: foreach Adam/AdamW computes its update for all

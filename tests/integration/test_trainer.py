@@ -18,18 +18,16 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from scheduler.domain.plan import Plan
 from scheduler.domain.spec import parse_spec
 from tests.builders import spec_dict
+from tests.integration import gang
 from workers.core.checkpoint_layout import checkpoint_name, latest_checkpoint
 from workers.protocol import EXIT_PREEMPTED, JobFile
 
@@ -77,40 +75,16 @@ def _wait(process: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -
         pytest.fail(f"ranks still running after {timeout_s} s; log:\n{log.read_text()[-4000:]}")
 
 
-def _events(run_dir: Path, attempt: int) -> list[dict[str, Any]]:
-    path = run_dir / "progress.jsonl"
-    if not path.exists():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-    return [event for event in lines if event["attempt"] == attempt]
-
-
-def _losses(events: list[dict[str, Any]]) -> dict[int, float]:
-    return {event["step"]: event["loss"] for event in events if event["event"] == "step"}
-
-
-def _wait_for_step(run_dir: Path, step: int, process: subprocess.Popen[bytes],
-                   timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if max(_losses(_events(run_dir, 1)), default=0) >= step:
-            return
-        if process.poll() is not None:
-            pytest.fail(f"ranks exited with {process.returncode} before step {step}")
-        time.sleep(0.1)
-    pytest.fail(f"step {step} not reached within {timeout_s} s")
-
-
 def test_two_ranks_train_a_tiny_model_whose_loss_falls(tmp_path: Path) -> None:
     run_dir, log = tmp_path / "run", tmp_path / "ranks.log"
 
     status = _wait(_torchrun(_job_file(run_dir, steps=100, interval=50), log), log)
 
     assert status == 0, log.read_text()[-4000:]
-    events = _events(run_dir, attempt=1)
+    events = gang.events(run_dir, attempt=1)
     kinds = [event["event"] for event in events]
     assert kinds[0] == "start" and kinds[-2:] == ["eval", "done"]
-    losses = _losses(events)
+    losses = gang.losses(events)
     assert sorted(losses) == list(range(1, 101))
     # A uniform guess over 512 ids costs ln 512 ≈ 6.2 nats; the stories are learnable far below.
     assert losses[1] == pytest.approx(math.log(512), abs=0.3)
@@ -134,29 +108,29 @@ def test_a_resumed_run_repeats_the_uninterrupted_runs_losses(tmp_path: Path) -> 
     job_file = _job_file(run_dir, steps=16, interval=8, attempt=2, resume_from=resume_from)
     assert _wait(_torchrun(job_file, log), log) == 0, log.read_text()[-4000:]
 
-    uninterrupted, resumed = _events(run_dir, attempt=1), _events(run_dir, attempt=2)
+    uninterrupted, resumed = gang.events(run_dir, attempt=1), gang.events(run_dir, attempt=2)
     assert resumed[0]["event"] == "start" and resumed[0]["step"] == 8
-    assert sorted(_losses(resumed)) == list(range(9, 17))
-    for step, loss in _losses(resumed).items():
-        assert loss == pytest.approx(_losses(uninterrupted)[step], abs=1e-6), step
+    assert sorted(gang.losses(resumed)) == list(range(9, 17))
+    for step, loss in gang.losses(resumed).items():
+        assert loss == pytest.approx(gang.losses(uninterrupted)[step], abs=1e-6), step
     assert resumed[-1]["eval_loss"] == pytest.approx(uninterrupted[-1]["eval_loss"], abs=1e-6)
 
 
 def test_sigterm_to_torchrun_checkpoints_and_reports_preempted(tmp_path: Path) -> None:
     run_dir, log = tmp_path / "run", tmp_path / "ranks.log"
     torchrun = _torchrun(_job_file(run_dir, steps=5000, interval=1000), log)
-    _wait_for_step(run_dir, 12, torchrun)
+    gang.wait_for_step(run_dir, 12, [torchrun])
 
     os.killpg(torchrun.pid, signal.SIGTERM)
     status = _wait(torchrun, log, timeout_s=60)
 
     # torchrun turns any signal it receives into its own exit status 1 (see module docstring).
     assert status == 1, log.read_text()[-4000:]
-    events = _events(run_dir, attempt=1)
+    events = gang.events(run_dir, attempt=1)
     assert events[-1]["event"] == "preempted"
     assert "done" not in {event["event"] for event in events}
     stopped_at = events[-1]["step"]
-    assert stopped_at >= 12 and max(_losses(events)) == stopped_at
+    assert stopped_at >= 12 and max(gang.losses(events)) == stopped_at
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     assert checkpoint == Path(events[-1]["path"]) == run_dir / "checkpoints" / checkpoint_name(
         stopped_at)
@@ -166,16 +140,10 @@ def test_sigterm_to_torchrun_checkpoints_and_reports_preempted(tmp_path: Path) -
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_sigterm_to_one_rank_stops_every_rank_with_exit_75(tmp_path: Path) -> None:
     run_dir, log = tmp_path / "run", tmp_path / "ranks.log"
     job_file = _job_file(run_dir, steps=5000, interval=1000)
-    port = str(_free_port())
+    port = str(gang.free_port())
     ranks = []
     with log.open("wb") as sink:
         for rank in range(WORLD_SIZE):
@@ -186,12 +154,12 @@ def test_sigterm_to_one_rank_stops_every_rank_with_exit_75(tmp_path: Path) -> No
             ranks.append(subprocess.Popen(
                 [sys.executable, "-m", "workers.jobs.run", str(job_file)], cwd=REPO_ROOT,
                 env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True))
-    _wait_for_step(run_dir, 8, ranks[0])
+    gang.wait_for_step(run_dir, 8, ranks)
 
     # Only rank 1 hears the signal; rank 0 learns of it in the next step's vote.
     ranks[1].send_signal(signal.SIGTERM)
 
     assert [_wait(rank, log, timeout_s=60) for rank in ranks] == [EXIT_PREEMPTED] * WORLD_SIZE
-    events = _events(run_dir, attempt=1)
+    events = gang.events(run_dir, attempt=1)
     assert events[-1]["event"] == "preempted"
     assert latest_checkpoint(run_dir / "checkpoints") == Path(events[-1]["path"])

@@ -1,0 +1,227 @@
+"""The scheduler's view of the gangs it launched: signal, poll, ingest progress, settle.
+
+:class:`Reconciler` is the first step of every tick (:class:`scheduler.tick.Ticker` extends
+it): it sends each gang told to stop (a cancel requested through the API, a preemption not
+signalled yet) its one SIGTERM and kills one that overstays its grace period; polls every gang
+that holds devices and folds its new progress events into the job; and settles gangs that
+ended — succeeded, failed (retried while attempts remain, from the newest checkpoint on disk),
+preempted (requeued), cancelled. An ADMITTED job whose launch never got recorded gives its
+devices back (docs/replicas.md). Every write goes through :meth:`Reconciler._write`, which
+checks the scheduler lease first when a :class:`~scheduler.db.lease.Fence` is given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from scheduler.calibrate import recalibrate
+from scheduler.db import lease, repo
+from scheduler.db.lease import Fence
+from scheduler.db.models import Allocation, Job, as_utc, utcnow
+from scheduler.db.session import Database
+from scheduler.domain.state import LIVE_STATES, JobState
+from scheduler.progress import apply_progress
+from workers.backends.base import Backend, GangPhase, GangStatus
+from workers.protocol import read_progress
+
+log = logging.getLogger("corral.tick")
+
+UNLAUNCHED_TIMEOUT_S = 120.0
+"""Seconds an ADMITTED job may wait for its launch before another scheduler takes it back
+(``SchedulerService(unlaunched_timeout_s=...)``, ``CORRAL_UNLAUNCHED_TIMEOUT_S``)."""
+
+DEFAULT_GRACE_S = 30.0
+"""Seconds a gang gets between SIGTERM and SIGKILL to write its checkpoint."""
+
+
+class Reconciler:
+    """Keeps the database in step with the gangs on the backends (module docstring)."""
+
+    def __init__(self, db: Database, backends: Mapping[str, Backend], runs_dir: Path,
+                 grace_s: float = DEFAULT_GRACE_S,
+                 unlaunched_timeout_s: float = UNLAUNCHED_TIMEOUT_S) -> None:
+        self.db = db
+        self.backends = dict(backends)
+        self.runs_dir = runs_dir
+        self.grace_s = grace_s
+        self.unlaunched_timeout_s = unlaunched_timeout_s
+
+    @contextmanager
+    def _write(self, fence: Fence | None) -> Iterator[Session]:
+        """A write transaction of the tick; with ``fence``, only while the lease is still ours."""
+        with self.db.write() as session:
+            if fence is not None:
+                lease.check(session, fence, utcnow())
+            yield session
+
+
+    def _signal_preemptions(self, fence: Fence | None = None) -> None:
+        """Send each gang told to stop (preempted by the cycle, or cancelled through
+        :meth:`request_cancel`) its one SIGTERM; kill one that overstays its grace.
+
+        ``preempt_signalled_at`` records the SIGTERM for both. The signal goes out before the
+        mark that it went out is committed: a scheduler that dies in between signals again on
+        restart (a second SIGTERM only repeats the request), never not at all."""
+        with self.db.read() as session:
+            told = [(job.id, job.backend_handle, job.pool_id, job.preempt_signalled_at,
+                     job.cancel_requested)
+                    for job in session.scalars(select(Job).where(
+                        Job.preempt_requested.is_(True) | Job.cancel_requested.is_(True),
+                        Job.state.in_([state.value for state in LIVE_STATES])))]
+            backend_of = {pool.id: pool.backend for pool in repo.list_pools(session)}
+        for job_id, handle, pool_id, signalled_at, cancelling in told:
+            backend = self.backends.get(backend_of.get(pool_id or -1, ""))
+            if handle is None or backend is None:
+                continue
+            why = "cancellation" if cancelling else "preemption"
+            if signalled_at is None:
+                backend.preempt(handle)
+                with self._write(fence) as session:
+                    job = repo.get_job(session, job_id, lock=True)
+                    job.preempt_signalled_at = utcnow()
+                    repo.note(session, job, f"SIGTERM sent: checkpoint and stop for {why}")
+            elif (utcnow() - as_utc(signalled_at)).total_seconds() > self.grace_s:
+                log.warning("job %s ignored its %s for %.0f s; killing it", job_id, why,
+                            self.grace_s)
+                backend.cancel(handle, 0.0)
+
+    @staticmethod
+    def _resume_point(session: Any, job: Job) -> str | None:
+        for checkpoint in reversed(repo.checkpoints(session, job.id)):
+            if Path(checkpoint.path).is_dir():
+                return checkpoint.path
+        return None
+
+    # --- reconcile --------------------------------------------------------------------------
+
+    def _reconcile(self, fence: Fence | None = None) -> dict[int, str]:
+        """Poll every gang that holds devices; ingest its progress; settle the ones that ended.
+        Returns the states those jobs ended in, by job id."""
+        ended: dict[int, str] = {}
+        with self.db.read() as session:
+            live = [(job.id, job.backend_handle, job.pool_id, job.run_dir, job.progress_offset)
+                    for job in repo.list_jobs(session, states=LIVE_STATES, limit=100_000)]
+            backend_of = {pool.id: pool.backend for pool in repo.list_pools(session)}
+        for job_id, handle, pool_id, run_dir, progress_offset in live:
+            if handle is None:
+                self._expire_unlaunched(job_id, fence)
+                continue
+            backend = self.backends.get(backend_of.get(pool_id or -1, ""))
+            if backend is None:
+                continue
+            status = backend.poll(handle)
+            if _progress_grew(run_dir, progress_offset):  # else no write transaction at all
+                self._ingest_progress(job_id, fence)
+            if status.phase is not GangPhase.RUNNING:
+                outcome = self._settle(job_id, status, fence, handle)
+                if outcome:
+                    ended[job_id] = outcome
+        return ended
+
+    def _expire_unlaunched(self, job_id: int, fence: Fence | None = None) -> None:
+        """An ADMITTED job whose dispatcher died before launching gives its devices back.
+
+        A job admitted under an older lease epoch is taken back at once: the replica that
+        admitted it no longer leads, so its RUNNING commit would fail the fence (and it kills
+        any gang it launched). It is requeued without counting as a failure."""
+        with self._write(fence) as session:
+            job = repo.get_job(session, job_id, lock=True)
+            if job.state != JobState.ADMITTED.value or job.backend_handle is not None:
+                return
+            admitted_under = session.scalar(select(func.max(Allocation.lease_epoch)).where(
+                Allocation.job_id == job.id, Allocation.released_at.is_(None)))
+            if fence is not None and admitted_under is not None \
+                    and admitted_under < fence.epoch:
+                repo.release(session, job)
+                repo.transition(session, job, JobState.PREEMPTED,
+                                f"admitted under lease epoch {admitted_under}, whose leader "
+                                f"stopped leading before it recorded a launch")
+                repo.transition(session, job, JobState.PENDING,
+                                f"requeued by the leader at epoch {fence.epoch}")
+                return
+            admitted_at = as_utc(repo.events(session, job_id)[-1].time)
+            if (utcnow() - admitted_at).total_seconds() < self.unlaunched_timeout_s:
+                return  # its dispatcher is most likely launching it right now
+            repo.release(session, job)
+            repo.transition(session, job, JobState.FAILED,
+                            f"admitted but not launched within {self.unlaunched_timeout_s:.0f} s "
+                            f"(the scheduler that admitted it stopped)")
+            self._maybe_retry(session, job)
+
+    def _ingest_progress(self, job_id: int, fence: Fence | None = None) -> None:
+        with self._write(fence) as session:
+            job = repo.get_job(session, job_id, lock=True)
+            if job.run_dir is None:
+                return
+            events, offset = read_progress(Path(job.run_dir) / "progress.jsonl",
+                                           job.progress_offset)
+            job.progress_offset = offset
+            for event in events:
+                apply_progress(session, job, event)
+
+    def _settle(self, job_id: int, status: GangStatus, fence: Fence | None = None,
+                handle: str | None = None) -> str | None:
+        """Record how a gang ended; with ``handle``, only if it is still the job's gang."""
+        with self._write(fence) as session:
+            job = repo.get_job(session, job_id, lock=True)
+            if JobState(job.state) not in LIVE_STATES:
+                return None
+            if handle is not None and job.backend_handle != handle:
+                return None  # an older gang's fate, polled before the job moved on
+            repo.release(session, job)
+            recalibrate(session, job)
+            detail = {"exit_code": status.exit_code, "attempt": job.attempts}
+            if job.preempt_requested and not job.cancel_requested \
+                    and status.phase is not GangPhase.SUCCEEDED:
+                job.preempt_requested = False
+                job.preempt_signalled_at = None
+                repo.transition(session, job, JobState.PREEMPTED,
+                                "preempted: the gang checkpointed and stopped", detail)
+                repo.transition(session, job, JobState.PENDING,
+                                "requeued after preemption; resumes from its checkpoint")
+            elif job.cancel_requested or status.phase is GangPhase.CANCELLED:
+                repo.transition(session, job, JobState.CANCELLED,
+                                "cancelled by request", detail)
+            elif status.phase is GangPhase.SUCCEEDED:
+                repo.transition(session, job, JobState.SUCCEEDED, "all ranks exited 0", detail)
+            elif status.phase is GangPhase.PREEMPTED:
+                repo.transition(session, job, JobState.PREEMPTED,
+                                "ranks checkpointed and stopped on SIGTERM", detail)
+                repo.transition(session, job, JobState.PENDING,
+                                "requeued after preemption; resumes from its checkpoint")
+            else:
+                repo.transition(session, job, JobState.FAILED,
+                                status.reason or f"gang failed (exit {status.exit_code})", detail)
+                self._maybe_retry(session, job)
+            return job.state
+
+    def _maybe_retry(self, session: Any, job: Job) -> None:
+        failures = repo.failure_count(session, job.id)
+        if failures < job.max_attempts:
+            checkpoint = self._resume_point(session, job)
+            where = f"from checkpoint {checkpoint}" if checkpoint else "from the start"
+            repo.transition(session, job, JobState.PENDING,
+                            f"retry after failure {failures} of {job.max_attempts} allowed; "
+                            f"resumes {where}")
+        else:
+            repo.note(session, job, f"gave up after {failures} failures "
+                                    f"(resources.max_attempts = {job.max_attempts})")
+
+
+def _progress_grew(run_dir: str | None, offset: int) -> bool:
+    """Whether the job's progress file has bytes beyond ``offset`` that are not read yet."""
+    if run_dir is None:
+        return False
+    try:
+        return (Path(run_dir) / "progress.jsonl").stat().st_size > offset
+    except FileNotFoundError:
+        return False
+
+
