@@ -234,6 +234,19 @@ class _Fixed:
     tensors: int
     host_mode: HostMode
     label: str
+    shapes: dict[int, StepShape] = field(default_factory=dict)
+    """The step's shape by micro-batch, the one thing in it that differs between plans."""
+
+    def shape(self, request: PlanRequest, micro_batch: int) -> StepShape:
+        shape = self.shapes.get(micro_batch)
+        if shape is None:
+            profile = request.profile
+            shape = self.shapes[micro_batch] = StepShape(
+                params=profile.params, layers=profile.layers, hidden=profile.hidden,
+                heads=profile.heads, vocab=profile.vocab, seq_len=request.seq_len,
+                micro_batch=micro_batch, layer_params=profile.layer_params,
+                trainable_params=self.trainable, adapters=self.adapters)
+        return shape
 
     @classmethod
     def of(cls, request: PlanRequest, pool: PoolOption) -> _Fixed:
@@ -265,12 +278,9 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
     strategy = plan.strategy.value
     precision = _precision(plan.precision)
     recompute: Recompute = "full" if plan.activation_checkpointing else "none"
-    shape = StepShape(params=profile.params, layers=profile.layers, hidden=profile.hidden,
-                      heads=profile.heads, vocab=profile.vocab, seq_len=request.seq_len,
-                      micro_batch=plan.micro_batch, layer_params=profile.layer_params,
-                      trainable_params=fixed.trainable, adapters=fixed.adapters)
-    memory = estimate_peak(shape, SHARDING[plan.strategy], plan.dp_shard, plan.tp, precision,
-                           recompute, framework_overhead_bytes=fixed.overhead_bytes)
+    memory = estimate_peak(fixed.shape(request, plan.micro_batch), SHARDING[plan.strategy],
+                           plan.dp_shard, plan.tp, precision, recompute,
+                           framework_overhead_bytes=fixed.overhead_bytes)
     memory_bytes = memory.total_bytes + profile.resident_bytes
     limit = fixed.limit_bytes
     tokens_per_device = request.global_batch * request.seq_len / plan.world_size
