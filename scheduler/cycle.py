@@ -7,7 +7,8 @@ reason in words. The service commits the result and dispatches; the simulator dr
 function.
 
 1. Order pending jobs by the configured policy (fair share, priority, FIFO or LAS).
-2. For each job, find the pools that match its request.
+2. For each job, find the pools that match its request; where several do, those that can
+   start it now go first, best first for its objective (:func:`_best_pool_first`).
 3. Quota: the tenant's nominal quota, borrowing in its cohort; an owner whose quota peers
    borrow may reclaim it by preemption.
 4. Shape: the gang size (its count, ``auto``, or for a moldable job the size with the earliest
@@ -38,6 +39,7 @@ from scheduler.cost.planner import (
     PlanRequest,
     PoolOption,
     plan_job,
+    rank_key,
 )
 from scheduler.cost.profile import ModelProfile
 from scheduler.domain.errors import PlanError
@@ -237,6 +239,48 @@ def _shapes(job: PendingJobView, pool: PoolView, free: FreeView,
     return shapes, refused
 
 
+@dataclass
+class _ShapesOf:
+    """A job's shapes on each pool (:func:`_shapes`), worked out once per pool and cycle."""
+
+    job: PendingJobView
+    free: dict[int, FreeView]
+    running: Sequence[RunningJobView]
+    calibrated: Calibrated
+    config: PolicyConfig
+    known: dict[int, tuple[list[_Shape], list[str]]] = field(default_factory=dict)
+
+    def __call__(self, pool: PoolView) -> tuple[list[_Shape], list[str]]:
+        if pool.pool_id not in self.known:
+            if pool.pool_id not in self.free:
+                self.free[pool.pool_id] = FreeView.of(pool)
+            self.known[pool.pool_id] = _shapes(self.job, pool, self.free[pool.pool_id],
+                                               self.running, self.calibrated, self.config)
+        return self.known[pool.pool_id]
+
+
+def _best_pool_first(job: PendingJobView, pools: Sequence[PoolView],
+                     shapes_on: Callable[[PoolView], tuple[list[_Shape], list[str]]],
+                     ) -> list[PoolView]:
+    """The pools that can start the job now and have a prediction first, best first for its
+    objective (the cost model's ranking, as ``corral plan`` shows it); the rest after, in their
+    order. Where fewer than two such pools exist the order stays as it was.
+
+    A job never waits for a better pool while another can start it: predicted waits are
+    estimates, a free device is not."""
+    objective = "deadline" if job.deadline_s is not None else (
+        "budget" if job.budget_usd is not None else "completion")
+    ranked: list[tuple[tuple[float, ...], int, PoolView]] = []
+    for index, pool in enumerate(pools):
+        shapes = shapes_on(pool)[0]
+        if shapes and shapes[0].placement is not None and shapes[0].prediction is not None:
+            ranked.append((rank_key(objective, shapes[0].prediction), index, pool))
+    if len(ranked) < 2:
+        return list(pools)
+    first = [pool for _, _, pool in sorted(ranked, key=lambda entry: entry[:2])]
+    return first + [pool for pool in pools if pool not in first]
+
+
 def run_cycle(snapshot: Snapshot, timer: Callable[[], float] = time.perf_counter,
               config: PolicyConfig = DEFAULT_POLICY) -> CycleResult:
     """Decide admissions and preemptions for one cycle; the module docstring has the steps."""
@@ -276,16 +320,16 @@ def run_cycle(snapshot: Snapshot, timer: Callable[[], float] = time.perf_counter
         waits: list[str] = []
         blocked_on: list[tuple[PoolView, int]] = []
         admitted = False
+        shapes_on = _ShapesOf(job, free, running, calibrated[job.kind], config)
+        if len(candidates) > 1:
+            candidates = _best_pool_first(job, candidates, shapes_on)
         for pool in candidates:
             reservation = reservations.get(pool.pool_id)
             if reservation is not None and not _may_pass(job, reservation, config):
                 waits.append(f"pool {pool.name}: reserved for {reservation.describe()}")
                 continue
-            if pool.pool_id not in free:
-                free[pool.pool_id] = FreeView.of(pool)
             # 4. Shapes (3. quota is judged on the best one below).
-            shapes, refused = _shapes(job, pool, free[pool.pool_id], running,
-                                      calibrated[job.kind], config)
+            shapes, refused = shapes_on(pool)
             waits += refused
             if not shapes:
                 if not refused:

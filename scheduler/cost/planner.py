@@ -327,11 +327,11 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
                      fixed.label, eta, timing.parts_s, profile.resident_bytes)
 
 
-def _rank_key(request: PlanRequest, candidate: Candidate) -> tuple[float, ...]:
-    if request.objective == "deadline":
+def rank_key(objective: str, candidate: Candidate) -> tuple[float, ...]:
+    """Smaller is better: price first for a deadline (every ranked plan meets it), else the
+    predicted completion (a budget's limit is applied before ranking)."""
+    if objective == "deadline":
         return (candidate.price_usd, candidate.completion_s)
-    if request.objective == "budget":
-        return (candidate.completion_s, candidate.price_usd)
     return (candidate.completion_s, candidate.price_usd)
 
 
@@ -346,7 +346,7 @@ def plan_job(request: PlanRequest, pools: Sequence[PoolOption],
                 candidate = _apply_limits(request,
                                           evaluate(request, pool, plan, calibrated, fixed))
                 (report.ranked if candidate.fits else report.rejected).append(candidate)
-    report.ranked.sort(key=lambda c: _rank_key(request, c))
+    report.ranked.sort(key=lambda c: rank_key(request.objective, c))
     return report
 
 

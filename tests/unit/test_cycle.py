@@ -160,3 +160,22 @@ def test_a_budget_no_plan_fits_keeps_the_job_pending_and_says_why() -> None:
     result = run_cycle(cluster.snapshot(_h100_job().budget(0.01)))
     assert result.admissions == ()
     assert "raise budget_usd" in result.pending_reasons[1]
+
+
+def test_a_job_several_pools_match_starts_on_the_best_one_for_its_objective() -> None:
+    # L4 listed first; both pools are free. The job asks for no pool or accelerator.
+    cluster = make_cluster().pool("l4", "L4", nodes=1, per_node=8) \
+        .pool("h100", "H100-SXM", nodes=1, per_node=8)
+    fastest = run_cycle(cluster.snapshot(_h100_job())).admissions[0]
+    assert fastest.pool_name == "h100"  # earliest predicted completion
+    assert fastest.prediction is not None
+    # A deadline both pools meet: the cheaper pool, even though it runs longer.
+    generous = fastest.prediction.completion_s * 50
+    cheap = run_cycle(cluster.snapshot(_h100_job().deadline(generous))).admissions[0]
+    assert cheap.prediction is not None
+    assert cheap.pool_name == "l4"
+    assert cheap.prediction.price_usd < fastest.prediction.price_usd
+    # A pool that cannot start the job now does not hold it back: it starts where it can.
+    busy = make_cluster().pool("l4", "L4", nodes=1, per_node=8) \
+        .pool("h100", "H100-SXM", nodes=1, per_node=8, busy={0: 8})
+    assert run_cycle(busy.snapshot(_h100_job())).admissions[0].pool_name == "l4"
