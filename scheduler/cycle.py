@@ -8,11 +8,13 @@ function.
 
 1. Order pending jobs by the configured policy (fair share, priority, FIFO or LAS).
 2. For each job, find the pools that match its request; where several do, those that can
-   start it now go first, best first for its objective (:func:`_best_pool_first`).
+   start it now go first, best first for its objective
+   (:func:`scheduler.shaping.best_pool_first`).
 3. Quota: the tenant's nominal quota, borrowing in its cohort; an owner whose quota peers
    borrow may reclaim it by preemption.
 4. Shape: the gang size (its count, ``auto``, or for a moldable job the size with the earliest
-   predicted completion, waiting included), placed whole on the devices free in this cycle.
+   predicted completion, waiting included), placed whole on the devices free in this cycle
+   (:mod:`scheduler.shaping`).
 5. Choose the plan the trainer will obey: for a training job whose model the cost model
    knows, the best plan that fits the devices (strategy, micro-batch, recomputation) for the
    job's objective, among the strategies its trainer runs; otherwise data parallel over the
@@ -26,23 +28,14 @@ function.
 
 from __future__ import annotations
 
-import math
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from scheduler.cost.hardware import lookup
 from scheduler.cost.planner import (
     Calibrated,
     Candidate,
-    PlanRequest,
-    PoolOption,
-    plan_job,
-    rank_key,
 )
-from scheduler.cost.profile import ModelProfile
-from scheduler.domain.errors import PlanError
 from scheduler.domain.plan import Plan
 from scheduler.domain.resources import (
     NodeView,
@@ -51,19 +44,18 @@ from scheduler.domain.resources import (
     RunningJobView,
     Snapshot,
 )
-from scheduler.policies.backfill import Reservation, available_at, may_backfill, reserve
+from scheduler.policies.backfill import Reservation, may_backfill, reserve
 from scheduler.policies.config import PolicyConfig, order_pending
 from scheduler.policies.placement import (
     DeviceList,
     FreeView,
-    gang_shapes,
     matching_pools,
-    max_gang,
     nodes_spanned,
     place_gang,
 )
 from scheduler.policies.preemption import Preemptor, select_victims
 from scheduler.policies.quota import TenantUsage, admissible, borrowing_flags, reclaimable, usage_of
+from scheduler.shaping import ShapesOf, best_pool_first
 
 DEFAULT_POLICY = PolicyConfig()
 
@@ -118,169 +110,6 @@ def _without(pool: PoolView, taken: DeviceList) -> PoolView:
     return replace(pool, nodes=nodes)
 
 
-def pool_option(pool: PoolView, wait_s: float = 0.0) -> PoolOption:
-    """The planner's view of a pool; the pool's own price and peak win over the catalog's."""
-    overrides: dict[str, float] = {}
-    if pool.price_per_device_hour > 0:
-        overrides["price_per_device_hour"] = pool.price_per_device_hour
-    if pool.peak_flops:
-        overrides["peak_bf16_flops"] = pool.peak_flops
-    return PoolOption(pool.name, lookup(pool.accelerator, overrides or None),
-                      pool.devices_per_node, max_gang(pool), wait_s, pool.accelerator)
-
-
-def job_request(job: PendingJobView, devices: int | None) -> PlanRequest:
-    """The planner's request for a pending job on ``devices`` devices (None: any count)."""
-    assert job.model_profile is not None
-    fields = dict(job.model_profile)
-    if fields.get("strategies") is not None:
-        fields["strategies"] = tuple(fields["strategies"])  # a list once stored as JSON
-    objective = "deadline" if job.deadline_s is not None else (
-        "budget" if job.budget_usd is not None else "completion")
-    return PlanRequest(
-        profile=ModelProfile(**fields), seq_len=job.seq_len,
-        global_batch=job.global_batch, total_steps=job.total_steps, precision=job.precision,
-        micro_batch=job.micro_batch, devices=devices, objective=objective,
-        deadline_s=job.deadline_s, budget_usd=job.budget_usd)
-
-
-def _plan_for(job: PendingJobView, pool: PoolView, world_size: int, calibrated: Calibrated,
-              placement: DeviceList | None = None) -> tuple[Plan, Candidate | None, str]:
-    """The cost model's best fitting plan for a gang of ``world_size``, or data parallel.
-
-    Tensor-parallel groups stay inside a node: on a placement that splits the gang over nodes,
-    the tensor-parallel degree must divide the devices the gang has on every node.
-
-    A deadline that no plan meets any more does not hold the job back: it gets the plan that
-    finishes first, with a warning. A budget is a hard limit.
-    Raises PlanError when the cost model predicts that no plan fits these devices."""
-    if job.model_profile is not None and job.model_profile.get("trains", True):
-        try:
-            option = pool_option(pool)
-        except KeyError:
-            option = None  # an accelerator the catalog lacks: no prediction
-        if option is not None:
-            if placement is not None:
-                per_node = Counter(node for node, _ in placement).values()
-                option = replace(option, devices_per_node=math.gcd(*per_node))
-            request = job_request(job, world_size)
-            report = plan_job(request, [option], calibrated)
-            warning = ""
-            if report.best is None and request.deadline_s is not None:
-                late = plan_job(replace(request, deadline_s=None, objective="completion"),
-                                [option], calibrated)
-                if late.best is not None:
-                    report = late
-                    warning = (f"the deadline can no longer be met: the fastest plan here "
-                               f"finishes in {late.best.completion_s / 3600:.2f} h, the "
-                               f"deadline is in {request.deadline_s / 3600:.2f} h")
-            if report.best is None:
-                raise PlanError(report.smallest_fix() or "no plan fits these devices")
-            return report.best.plan, report.best, warning
-    return Plan.data_parallel(world_size, job.global_batch, job.micro_batch, job.precision), \
-        None, ""
-
-
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    """One gang size a job could take on one pool, with what the cost model says of it."""
-
-    devices: int
-    placement: DeviceList | None
-    """Where it would run now; None if it has to wait."""
-    wait_s: float
-    plan: Plan | None
-    """None until it can be placed (a single-size job is not planned while it waits)."""
-    prediction: Candidate | None
-    warning: str
-
-    @property
-    def completion_s(self) -> float:
-        run_s = self.prediction.run_time_s if self.prediction is not None else math.inf
-        return self.wait_s + run_s
-
-    def describe(self) -> str:
-        run = "?" if self.prediction is None else f"{self.prediction.run_time_s / 3600:.2f} h"
-        wait = "now" if self.placement is not None else (
-            "unknown wait" if math.isinf(self.wait_s) else f"after {self.wait_s / 3600:.2f} h")
-        return f"{self.devices} devices {wait}, runs {run}"
-
-
-def _shapes(job: PendingJobView, pool: PoolView, free: FreeView,
-            running: Sequence[RunningJobView], calibrated: Calibrated,
-            config: PolicyConfig) -> tuple[list[_Shape], list[str]]:
-    """The shapes to weigh, best first, and why the others cannot be (cost-model refusals).
-
-    A job of one size is planned only once it can be placed (most pending jobs wait, and
-    planning them every cycle would cost the cycle its speed); a moldable job's sizes are all
-    planned, since their predicted completions decide between them."""
-    sizes = gang_shapes(job, pool)
-    if job.device_range is not None and not config.moldable:
-        sizes = sizes[:1]  # no weighing: the largest size the range allows
-    shapes: list[_Shape] = []
-    refused: list[str] = []
-    for size in sizes:
-        placement = place_gang(pool, size) if free.could_fit(pool, size) else None
-        if len(sizes) == 1 and placement is None:
-            return [_Shape(size, None, math.inf, None, None, "")], refused
-        try:
-            plan, prediction, warning = _plan_for(job, pool, size, calibrated, placement)
-        except PlanError as err:
-            refused.append(f"pool {pool.name}: {size} devices: {err}")
-            continue
-        wait_s = 0.0 if placement is not None else available_at(pool, size, running)
-        shapes.append(_Shape(size, placement, wait_s, plan, prediction, warning))
-    if len(shapes) > 1:
-        if all(shape.prediction is not None for shape in shapes):
-            shapes.sort(key=lambda shape: (shape.completion_s, shape.devices))
-        else:  # no predictions: the largest size that starts now, else the smallest
-            shapes.sort(key=lambda shape: (shape.placement is None,
-                                           -shape.devices if shape.placement else shape.devices))
-    return shapes, refused
-
-
-@dataclass
-class _ShapesOf:
-    """A job's shapes on each pool (:func:`_shapes`), worked out once per pool and cycle."""
-
-    job: PendingJobView
-    free: dict[int, FreeView]
-    running: Sequence[RunningJobView]
-    calibrated: Calibrated
-    config: PolicyConfig
-    known: dict[int, tuple[list[_Shape], list[str]]] = field(default_factory=dict)
-
-    def __call__(self, pool: PoolView) -> tuple[list[_Shape], list[str]]:
-        if pool.pool_id not in self.known:
-            if pool.pool_id not in self.free:
-                self.free[pool.pool_id] = FreeView.of(pool)
-            self.known[pool.pool_id] = _shapes(self.job, pool, self.free[pool.pool_id],
-                                               self.running, self.calibrated, self.config)
-        return self.known[pool.pool_id]
-
-
-def _best_pool_first(job: PendingJobView, pools: Sequence[PoolView],
-                     shapes_on: Callable[[PoolView], tuple[list[_Shape], list[str]]],
-                     ) -> list[PoolView]:
-    """The pools that can start the job now and have a prediction first, best first for its
-    objective (the cost model's ranking, as ``corral plan`` shows it); the rest after, in their
-    order. Where fewer than two such pools exist the order stays as it was.
-
-    A job never waits for a better pool while another can start it: predicted waits are
-    estimates, a free device is not."""
-    objective = "deadline" if job.deadline_s is not None else (
-        "budget" if job.budget_usd is not None else "completion")
-    ranked: list[tuple[tuple[float, ...], int, PoolView]] = []
-    for index, pool in enumerate(pools):
-        shapes = shapes_on(pool)[0]
-        if shapes and shapes[0].placement is not None and shapes[0].prediction is not None:
-            ranked.append((rank_key(objective, shapes[0].prediction), index, pool))
-    if len(ranked) < 2:
-        return list(pools)
-    first = [pool for _, _, pool in sorted(ranked, key=lambda entry: entry[:2])]
-    return first + [pool for pool in pools if pool not in first]
-
-
 def run_cycle(snapshot: Snapshot, timer: Callable[[], float] = time.perf_counter,
               config: PolicyConfig = DEFAULT_POLICY) -> CycleResult:
     """Decide admissions and preemptions for one cycle; the module docstring has the steps."""
@@ -320,9 +149,9 @@ def run_cycle(snapshot: Snapshot, timer: Callable[[], float] = time.perf_counter
         waits: list[str] = []
         blocked_on: list[tuple[PoolView, int]] = []
         admitted = False
-        shapes_on = _ShapesOf(job, free, running, calibrated[job.kind], config)
+        shapes_on = ShapesOf(job, free, running, calibrated[job.kind], config)
         if len(candidates) > 1:
-            candidates = _best_pool_first(job, candidates, shapes_on)
+            candidates = best_pool_first(job, candidates, shapes_on)
         for pool in candidates:
             reservation = reservations.get(pool.pool_id)
             if reservation is not None and not _may_pass(job, reservation, config):

@@ -21,13 +21,13 @@ from scheduler.cost.planner import (
     plan_job,
 )
 from scheduler.cost.profile import ModelProfile, model_profile
-from scheduler.cycle import pool_option
 from scheduler.db import repo
 from scheduler.db.session import Database
 from scheduler.domain.errors import UnschedulableError
 from scheduler.domain.resources import calibrated_for
 from scheduler.domain.spec import JobSpec
 from scheduler.policies.placement import matching_pools
+from scheduler.shaping import pool_option
 
 ModelInput = ModelProfile | Mapping[str, Any]
 """The planner's view of a job's model, or the model's full transformers config (a pretraining
