@@ -26,12 +26,18 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cost_time import CONFIGS, job_spec
 from cost_time_runs import free_port, gang_links, join_as_rank
 
 from scheduler.cost.hardware import lookup
 from scheduler.cost.time import HOST_S_PER_LAYER, OPTIMIZER_BYTES_PER_PARAM
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 HOST_LAYERS = (2, 8)
 """Blocks of the two host-dispatch models; the difference over 6 blocks is the per-block cost."""
@@ -45,30 +51,40 @@ def _timing(times_s: list[float]) -> str:
     return f"fastest {min(times_s) * 1e3:.2f} ms, median {statistics.median(times_s) * 1e3:.2f} ms"
 
 
+def _clip_and_step_s(model: nn.Module, steps: int,
+                     gradient: Callable[[torch.Tensor], torch.Tensor]) -> list[float]:
+    """Seconds of the trainer's optimizer phase (clip to norm 1.0, then its AdamW step) over
+    ``model``, ``steps`` times, each on fresh gradients ``gradient(parameter)``; the first step
+    also allocates AdamW's moments."""
+    from workers.core.grad_clip import clip_grad_norm_
+    from workers.core.optim import build_optimizer
+
+    optimizer = build_optimizer(model, job_spec(CONFIGS[0], steps=10).optimizer)
+    parameters = list(model.parameters())
+    times_s = []
+    for _ in range(steps):
+        for parameter in parameters:
+            parameter.grad = gradient(parameter)
+        start_s = time.perf_counter()
+        clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        times_s.append(time.perf_counter() - start_s)
+    return times_s
+
+
 def optimizer_bandwidth() -> None:
     """Clip + AdamW over model M's real tensors (AdamW on the CPU steps one tensor at a time
     with several passes over it, which stay in cache for layer-sized tensors)."""
     import torch
 
-    from workers.core.grad_clip import clip_grad_norm_
     from workers.core.model import build_model, parameter_count
-    from workers.core.optim import build_optimizer
     from workers.core.tokenizer import ByteTokenizer
 
     torch.set_num_threads(1)
     spec = job_spec(CONFIGS[0], steps=10)
     model = build_model(spec.model, ByteTokenizer(), spec.seed)
-    optimizer = build_optimizer(model, spec.optimizer)
     params = parameter_count(model)
-    times_s = []
-    for _ in range(REPEATS + 1):
-        for parameter in model.parameters():
-            parameter.grad = torch.randn_like(parameter)
-        start_s = time.perf_counter()
-        clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        times_s.append(time.perf_counter() - start_s)
-    times_s = times_s[1:]  # the first step allocates AdamW's moments
+    times_s = _clip_and_step_s(model, REPEATS + 1, torch.randn_like)[1:]
     traffic_bytes = OPTIMIZER_BYTES_PER_PARAM * params
     print(
         f"clip + AdamW, model M ({params / 1e6:.2f} M fp32 parameters), 1 thread: "
@@ -157,7 +173,7 @@ def links_rank(rank: int, world: int, port: int) -> None:
         shutdown_distributed()
 
 
-def _host_model(layers: int, wrapper: str, ctx: object) -> object:
+def _host_model(layers: int, wrapper: str) -> nn.Module:
     """The tiny Llama of ``layers`` blocks, wrapped as the trainer wraps it for ``wrapper``."""
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -188,23 +204,21 @@ def host_dispatch_rank(rank: int, world: int, port: int) -> None:
     import torch
 
     from workers.core.distributed import shutdown_distributed
-    from workers.core.grad_clip import clip_grad_norm_
-    from workers.core.optim import build_optimizer
 
-    ctx = join_as_rank(rank, world, port)
+    join_as_rank(rank, world, port)
     torch.set_num_threads(1)
     tokens = torch.randint(0, 200, (1, 16))
     try:
         fastest: dict[tuple[str, int], float] = {}
         for wrapper in ("plain", "fsdp_full", "fsdp_grad_op", "tp", "recompute"):
             for layers in HOST_LAYERS:
-                model = _host_model(layers, wrapper, ctx)
+                model = _host_model(layers, wrapper)
                 times_s = []
                 for _ in range(HOST_STEPS):
                     start_s = time.perf_counter()
-                    model(input_ids=tokens, labels=tokens).loss.backward()  # type: ignore[operator]
+                    model(input_ids=tokens, labels=tokens).loss.backward()
                     times_s.append(time.perf_counter() - start_s)
-                    model.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+                    model.zero_grad(set_to_none=True)
                 fastest[wrapper, layers] = min(times_s[2:])
         blocks = HOST_LAYERS[1] - HOST_LAYERS[0]
 
@@ -216,23 +230,14 @@ def host_dispatch_rank(rank: int, world: int, port: int) -> None:
               + ", ".join(f"{wrapper} +{(per_block(wrapper) - plain) * 1e3:.2f} ms"
                           for wrapper in ("fsdp_full", "fsdp_grad_op", "tp", "recompute")),
               flush=True)
-        spec = job_spec(CONFIGS[0], steps=10)
         for wrapper in ("plain", "fsdp_full"):
-            model = _host_model(HOST_LAYERS[1], wrapper, ctx)
-            parameters = list(model.parameters())  # type: ignore[attr-defined]
-            optimizer = build_optimizer(model, spec.optimizer)  # type: ignore[arg-type]
-            times_s = []
-            for _ in range(HOST_STEPS):
-                for parameter in parameters:
-                    parameter.grad = torch.zeros_like(parameter)
-                start_s = time.perf_counter()
-                clip_grad_norm_(parameters, 1.0)
-                optimizer.step()
-                times_s.append(time.perf_counter() - start_s)
+            model = _host_model(HOST_LAYERS[1], wrapper)
+            tensors = len(list(model.parameters()))
+            times_s = _clip_and_step_s(model, HOST_STEPS, torch.zeros_like)[2:]
             kind = "DTensor" if wrapper != "plain" else "plain"
-            print(f"host dispatch, clip + AdamW per {kind} parameter tensor ({len(parameters)} "
-                  f"tensors): {min(times_s[2:]) / len(parameters) * 1e6:.0f} us (fastest), "
-                  f"{statistics.median(times_s[2:]) / len(parameters) * 1e6:.0f} us (median)",
+            print(f"host dispatch, clip + AdamW per {kind} parameter tensor ({tensors} "
+                  f"tensors): {min(times_s) / tensors * 1e6:.0f} us (fastest), "
+                  f"{statistics.median(times_s) / tensors * 1e6:.0f} us (median)",
                   flush=True)
     finally:
         shutdown_distributed()

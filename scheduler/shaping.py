@@ -49,18 +49,23 @@ def pool_option(pool: PoolView, wait_s: float = 0.0) -> PoolOption:
                       pool.devices_per_node, max_gang(pool), wait_s, pool.accelerator)
 
 
+def job_objective(job: PendingJobView) -> str:
+    """What the planner ranks this job's plans by: its deadline, its budget, else completion."""
+    if job.deadline_s is not None:
+        return "deadline"
+    return "budget" if job.budget_usd is not None else "completion"
+
+
 def job_request(job: PendingJobView, devices: int | None) -> PlanRequest:
     """The planner's request for a pending job on ``devices`` devices (None: any count)."""
     assert job.model_profile is not None
     fields = dict(job.model_profile)
     if fields.get("strategies") is not None:
         fields["strategies"] = tuple(fields["strategies"])  # a list once stored as JSON
-    objective = "deadline" if job.deadline_s is not None else (
-        "budget" if job.budget_usd is not None else "completion")
     return PlanRequest(
         profile=ModelProfile(**fields), seq_len=job.seq_len,
         global_batch=job.global_batch, total_steps=job.total_steps, precision=job.precision,
-        micro_batch=job.micro_batch, devices=devices, objective=objective,
+        micro_batch=job.micro_batch, devices=devices, objective=job_objective(job),
         deadline_s=job.deadline_s, budget_usd=job.budget_usd)
 
 
@@ -188,8 +193,7 @@ def best_pool_first(job: PendingJobView, pools: Sequence[PoolView],
 
     A job never waits for a better pool while another can start it: predicted waits are
     estimates, a free device is not."""
-    objective = "deadline" if job.deadline_s is not None else (
-        "budget" if job.budget_usd is not None else "completion")
+    objective = job_objective(job)
     ranked: list[tuple[tuple[float, ...], int, PoolView]] = []
     for index, pool in enumerate(pools):
         shapes = shapes_on(pool)[0]

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from scheduler.cost.time import DP_OVERLAP
+
 GB = 1e9
 GiB = 2**30
 TFLOPS = 1e12
@@ -38,9 +40,9 @@ class Accelerator:
     family: str
     """``gpu``, ``tpu`` or ``cpu``: which strategies and efficiency priors apply."""
     source: str
-    collective_latency_s: float = 20e-6
+    collective_latency_s: float
     """α of the α–β model: seconds one collective costs beyond its bytes (launch, handshake)."""
-    dp_overlap: float = 0.8
+    dp_overlap: float = DP_OVERLAP
     """Fraction of data-parallel traffic hidden behind backward (DDP buckets, FSDP prefetch)."""
     host_speed: float = 1.0
     """Share of one core each rank's host (Python) thread gets; below 1 only where ranks

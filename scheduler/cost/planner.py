@@ -284,15 +284,12 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
     memory_bytes = memory.total_bytes + profile.resident_bytes
     limit = fixed.limit_bytes
     tokens_per_device = request.global_batch * request.seq_len / plan.world_size
-    per_token = profile.flops_per_token
-    masked = profile.masked_attention_flops_per_token
-    if recompute == "full":
-        per_token = profile.recompute_flops_per_token or per_token * 8 / 6
-        masked *= 4 / 3  # the recomputed forward skips its third again
-    per_token -= masked
+    per_token = profile.flops_per_token - profile.masked_attention_flops_per_token
     if not profile.trains:
-        # Forward only: 2·N of training's 6·N.
-        per_token = (profile.flops_per_token - profile.masked_attention_flops_per_token) / 3
+        per_token /= 3  # forward only: 2·N of training's 6·N
+    elif recompute == "full":
+        per_token = (profile.recompute_flops_per_token or profile.flops_per_token * 8 / 6) \
+            - profile.masked_attention_flops_per_token * 4 / 3  # skipped again when recomputed
     flops = (per_token + profile.extra_flops_per_token) * tokens_per_device
     bytes_per_value = 2 if precision == "bf16_mixed" else 4
     synced, tp = fixed.synced, plan.tp

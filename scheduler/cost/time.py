@@ -68,8 +68,9 @@ EFFICIENCY_PRIOR: dict[tuple[str, str], float] = {
 DEFAULT_EFFICIENCY = 0.30
 
 DP_OVERLAP = 0.8
-"""Default fraction of data-parallel traffic hidden behind compute (bucketed overlap in DDP and
-FSDP prefetch) where the accelerator row gives none; 1 − 0.8 stays exposed. A prior."""
+"""Fraction of data-parallel traffic hidden behind compute (bucketed overlap in DDP and FSDP
+prefetch) where the accelerator row gives none (``Accelerator.dp_overlap``'s default); 1 − 0.8
+stays exposed. A prior."""
 
 OPTIMIZER_BYTES_PER_PARAM = 84
 """Memory traffic of one optimizer phase per fp32 parameter, as the trainer runs it: gradient
@@ -261,8 +262,8 @@ def step_time(
                                          + 4 * layers * grad_accum * alpha)
     world = dp * tp * pp
     if world > 1 and alpha > 0:
-        dtensor_dims = int(tp > 1) + int(dp > 1 and (strategy != "ddp"))
-        clip = dtensor_dims if strategy != "ddp" else 0
+        # DDP's gradients are plain tensors; DTensor ones complete their norm per mesh dim.
+        clip = 0 if strategy == "ddp" else int(tp > 1) + int(dp > 1)
         parts["synchronisation"] = (1 + clip) * alpha
     dtensors = strategy in ("fsdp_full", "fsdp_grad_op", "tp") and (dp > 1 or tp > 1)
     per_tensor = OPTIMIZER_S_PER_DTENSOR if dtensors else OPTIMIZER_S_PER_TENSOR

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 
 from scheduler.cost.hardware import lookup
-from scheduler.cost.planner import PlanRequest, PoolOption, plan_job
+from scheduler.cost.planner import Candidate, PlanRequest, PoolOption, evaluate, plan_job
 from scheduler.cost.profile import ModelProfile
-from scheduler.domain.plan import Strategy
+from scheduler.domain.plan import Plan, Strategy
 
 # Llama-2 7B shape (Touvron et al. 2023): 32 layers, d=4096, 32 heads, V=32000, 6.74 B params.
 LLAMA_7B = ModelProfile(params=6.74e9, layer_params=2.02e8, layers=32, hidden=4096, heads=32,
@@ -106,9 +106,8 @@ LLAMA_SMALL = {"model_type": "llama", "vocab_size": 512, "hidden_size": 256,
                "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 688}
 
 
-def _evaluate_on(pool: PoolOption, profile: ModelProfile, strategy: str, world: int):  # type: ignore[no-untyped-def]
-    from scheduler.cost.planner import evaluate
-    from scheduler.domain.plan import Plan
+def _evaluate_on(pool: PoolOption, profile: ModelProfile, strategy: str,
+                 world: int) -> Candidate:
 
     dp_shard = world if strategy.startswith("fsdp") else 1
     plan = Plan(Strategy(strategy), world, world // dp_shard, dp_shard, 1, 1, 4, 8 // (4 * world),
