@@ -4,7 +4,7 @@ VENV ?= .venv
 export VENV
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast soak lint bench clean
+.PHONY: setup demo test test-fast test-security soak lint bench clean
 
 setup:
 	./scripts/setup.sh
@@ -14,6 +14,11 @@ demo: setup
 
 test: setup lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Attacks on real `corral server` processes (docs/security.md); run as root, so that the ranks'
+# unprivileged identity is real.
+test-security: setup
+	$(VENV)/bin/pytest -m security tests/security $(PYTEST_ARGS)
 
 soak: setup
 	$(VENV)/bin/pytest -m soak $(PYTEST_ARGS)

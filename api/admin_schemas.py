@@ -1,9 +1,9 @@
 """Request and response bodies of the cluster and tenancy routes: pools, nodes, tenants, quotas,
-tokens (Create / Public families, like :mod:`api.schemas`)."""
+tokens, calibration (Create / Public families, like :mod:`api.schemas`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -76,6 +76,9 @@ class NodeList(Schema):
 # --- tenants and quotas ------------------------------------------------------------------------
 
 
+JOB_USER_PATTERN = r"^(?:[a-z_][a-z0-9_-]{0,31}|\d{1,10}(?::\d{1,10})?)$"
+
+
 class TenantUpdate(Schema):
     """Fields to change; a field left out stays as it is, ``null`` clears it (a limit then
     falls back to the server's default)."""
@@ -85,6 +88,17 @@ class TenantUpdate(Schema):
     max_pending_jobs: int | None = Field(default=None, ge=0, le=MAX_LIMIT)
     submissions_per_minute: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
     max_priority: int | None = Field(default=None, ge=-1000, le=1000)
+    job_user: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=JOB_USER_PATTERN,
+        description="whom the tenant's ranks run as: a user name, UID or UID:GID; null: the "
+                    "server's job_user")
+    data_roots: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
+        default=None, max_length=32,
+        description="absolute folders the tenant's data.path may lie in; null: the server's")
+    model_roots: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
+        default=None, max_length=32,
+        description="absolute folders the tenant's model.path and tokenizer.path may lie in; "
+                    "null: the server's")
 
 
 class TenantPublic(Schema):
@@ -94,6 +108,9 @@ class TenantPublic(Schema):
     max_pending_jobs: int | None
     submissions_per_minute: int | None
     max_priority: int | None
+    job_user: str | None = None
+    data_roots: list[str] | None = None
+    model_roots: list[str] | None = None
 
 
 class TenantList(Schema):
@@ -164,3 +181,34 @@ class TokenIssued(TokenPublic):
 
 class TokenList(Schema):
     items: list[TokenPublic]
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+
+class CalibrationPublic(Schema):
+    """The measured efficiency η of one (accelerator, strategy, job kind)."""
+
+    accelerator: str
+    strategy: str
+    kind: str
+    efficiency: float = Field(description="η the cost model plans with: measured model FLOPs "
+                                          "utilisation of the matmul work")
+    weight: int = Field(description="step reports behind η (at most 20 per attempt, 400 in all)")
+    prior_efficiency: float | None = Field(
+        description="η the cost model would plan with without this row (null: unknown "
+                    "accelerator)")
+    updated_at: str
+
+
+class CalibrationList(Schema):
+    items: list[CalibrationPublic]
+
+
+class CalibrationReset(Schema):
+    """What a reset deleted: the rows matching every filter given (null: any)."""
+
+    accelerator: str | None
+    strategy: str | None
+    kind: str | None
+    deleted: int = Field(description="rows deleted; plans there fall back to the prior η")

@@ -195,13 +195,19 @@ class CorralClient:
     def set_tenant(self, name: str, cohort: str | None = None, weight: float | None = None,
                    max_pending_jobs: int | None = None,
                    submissions_per_minute: int | None = None, max_priority: int | None = None,
-                   clear_cohort: bool = False) -> Json:
+                   clear_cohort: bool = False, job_user: str | None = None,
+                   data_roots: list[str] | None = None, model_roots: list[str] | None = None,
+                   clear: tuple[str, ...] = ()) -> Json:
         """Create or change a tenant; fields left None are not sent (they stay as they are),
-        ``clear_cohort`` sends ``"cohort": null``."""
+        ``clear_cohort`` sends ``"cohort": null``, and so does ``clear`` for each field it
+        names (``job_user``, ``data_roots``, ``model_roots``: back to the server's)."""
         body = _given(cohort=cohort, weight=weight, max_pending_jobs=max_pending_jobs,
-                      submissions_per_minute=submissions_per_minute, max_priority=max_priority)
+                      submissions_per_minute=submissions_per_minute, max_priority=max_priority,
+                      job_user=job_user, data_roots=data_roots, model_roots=model_roots)
         if clear_cohort:
             body["cohort"] = None
+        for field in clear:
+            body[field] = None
         return self._call("PUT", f"/v1/tenants/{name}", json=body)
 
     def quotas(self) -> list[Json]:
@@ -229,6 +235,16 @@ class CorralClient:
 
     def revoke_token(self, token_id: int) -> Json:
         return self._call("DELETE", f"/v1/tokens/{token_id}")
+
+    def calibration(self) -> list[Json]:
+        """Every measured efficiency η, with its weight and the prior it replaces."""
+        return _items(self._call("GET", "/v1/admin/calibration"))
+
+    def reset_calibration(self, accelerator: str | None = None, strategy: str | None = None,
+                          kind: str | None = None) -> Json:
+        """Delete the calibration rows matching every filter given (all rows without one)."""
+        params = _given(accelerator=accelerator, strategy=strategy, kind=kind)
+        return self._call("DELETE", "/v1/admin/calibration", params=params)
 
     # --- transport -------------------------------------------------------------------------
 

@@ -1,11 +1,13 @@
 """Dependencies of the routes: the scheduler service, the caller, and the admin requirement.
 
 Plain ``def`` dependencies run in FastAPI's threadpool, so the token lookup (a database read)
-never blocks the event loop.
+never blocks the event loop. A client address that keeps sending wrong tokens is throttled
+(:mod:`api.throttle`, ``app.state.auth_throttle``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,8 +15,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import Unauthorized
 from api.settings import Settings
+from api.throttle import AuthThrottle
 from scheduler.auth import Principal, authenticate
-from scheduler.domain.errors import ForbiddenError
+from scheduler.domain.errors import ForbiddenError, LimitError
 from scheduler.service import SchedulerService
 
 DEFAULT_TENANT = "default"
@@ -39,16 +42,26 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[SchedulerService, Depends(get_service)]
 
 
-def get_principal(settings: SettingsDep, service: ServiceDep,
+def get_principal(request: Request, settings: SettingsDep, service: ServiceDep,
                   credentials: Annotated[HTTPAuthorizationCredentials | None,
                                          Depends(bearer)]) -> Principal:
-    """The tenant and role of the request's bearer token; 401 without a valid one."""
+    """The tenant and role of the request's bearer token; 401 without a valid one, 429 while
+    the client's address is throttled for failed authentications."""
     if not settings.auth:
         return ANONYMOUS
+    throttle: AuthThrottle = request.app.state.auth_throttle
+    client = request.client.host if request.client else "unknown"
+    wait_s = throttle.retry_after_s(client)
+    if wait_s is not None:
+        raise LimitError(f"{client} sent {throttle.limit} unknown or revoked tokens within "
+                         f"{throttle.window_s:g} s: its requests are refused for "
+                         f"{math.ceil(wait_s)} s more (Retry-After); check the token "
+                         f"($CORRAL_TOKEN or `corral login`)", wait_s)
     if credentials is None:
         raise Unauthorized("send an API token: Authorization: Bearer crl_...")
     principal = authenticate(service.db, credentials.credentials)
     if principal is None:
+        throttle.record_failure(client)
         raise Unauthorized("the token is unknown or revoked; ask an admin for a new one")
     return principal
 

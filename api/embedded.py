@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -14,11 +15,14 @@ from scheduler.db import repo
 from scheduler.db.migrate import current_revision, head_revision, upgrade
 from scheduler.db.session import Database, corral_home
 from scheduler.domain.errors import CorralError
+from scheduler.home import audit_home, prepare_home
 from scheduler.service import DEFAULT_GRACE_S, SchedulerService
 from workers.backends.base import Backend
 from workers.backends.local import LocalBackend
 
 LOCAL_POOL = "local"
+
+log = logging.getLogger("corral.embedded")
 
 
 def local_devices(backend: LocalBackend) -> tuple[str, int]:
@@ -82,7 +86,9 @@ def open_embedded(url: str | None = None, home: Path | None = None,
                   **policies: Any) -> SchedulerService:
     """A ready service over the embedded database with the local pool registered."""
     home = home or corral_home()
-    home.mkdir(parents=True, exist_ok=True)
+    prepare_home(home)
+    for problem in audit_home(home):
+        log.warning("%s", problem)
     db = Database(url or os.environ.get("CORRAL_DATABASE_URL")
                   or f"sqlite:///{home / 'corral.db'}")
     prepare_database(db)

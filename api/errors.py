@@ -14,7 +14,9 @@ unknown path, method        404     not_found, 405 method_not_allowed
 UnschedulableError          422     unschedulable
 SpecError                   422     invalid_spec
 CorralError, PlanError      422     invalid_request (an admin value the rules refuse)
-LimitError                  429     rate_limited (+ ``Retry-After: <seconds>``)
+body above the limit        413     too_large (api.body_limit)
+LimitError                  429     rate_limited (+ ``Retry-After: <seconds>``): a tenant
+                                    limit, or failed authentications (api.throttle)
 BackendError, lease lost    503     unavailable
 Unavailable, DB unreachable 503     unavailable (+ ``Retry-After: 1``)
 anything else               500     internal (logged without its message, which may hold data)

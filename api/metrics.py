@@ -2,7 +2,8 @@
 
 Gauges are read from the database at scrape time (:mod:`scheduler.db.stats`), so every replica
 reports the same cluster-wide numbers whichever one leads; the cycle histogram is fed by the
-scheduler loop of the replica that runs it (:meth:`ApiMetrics.observe_tick`).
+scheduler loop of the replica that runs it (:meth:`ApiMetrics.observe_tick`). An admin's scrape
+shows every tenant; a member's only its own tenant's jobs (:meth:`ApiMetrics.render`).
 
 ==============================================  =========  =====================================
 metric                                          type       meaning
@@ -33,10 +34,12 @@ STEP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 
 
 class ClusterCollector(Collector):
-    """Reads the cluster gauges from the database, in one read transaction per scrape."""
+    """Reads the cluster gauges from the database, in one read transaction per scrape: of
+    every tenant, or of ``tenant`` alone."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, tenant: str | None = None) -> None:
         self.db = db
+        self.tenant = tenant
 
     def describe(self) -> list[Metric]:
         """The metric families without samples: the registry checks their names once."""
@@ -44,9 +47,9 @@ class ClusterCollector(Collector):
 
     def collect(self) -> list[Metric]:
         with self.db.read() as session:
-            pending = stats.pending_jobs_by_tenant(session)
-            allocated = stats.allocated_devices(session)
-            errors = stats.prediction_errors(session)
+            pending = stats.pending_jobs_by_tenant(session, self.tenant)
+            allocated = stats.allocated_devices(session, self.tenant)
+            errors = stats.prediction_errors(session, self.tenant)
         return cluster_families(pending, allocated, errors)
 
 
@@ -76,6 +79,7 @@ class ApiMetrics:
     """The registry of one app: cluster gauges from the database and the cycle histogram."""
 
     def __init__(self, db: Database) -> None:
+        self.db = db
         self.registry = CollectorRegistry()
         self.cycle_step_seconds = Histogram(
             "corral_cycle_step_seconds", "Seconds each numbered step of a scheduler tick took.",
@@ -87,6 +91,13 @@ class ApiMetrics:
         for step, seconds in report.step_seconds.items():
             self.cycle_step_seconds.labels(step=step).observe(seconds)
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition of every metric (reads the database)."""
-        return generate_latest(self.registry)
+    def render(self, tenant: str | None = None) -> bytes:
+        """The Prometheus text exposition of every metric (reads the database); with
+        ``tenant``, the cluster gauges count that tenant's jobs only (a member's scrape)."""
+        if tenant is None:
+            return generate_latest(self.registry)
+        # A registry for this scrape: the same histogram, the gauges of one tenant.
+        scoped = CollectorRegistry(auto_describe=False)
+        scoped.register(self.cycle_step_seconds)
+        scoped.register(ClusterCollector(self.db, tenant))
+        return generate_latest(scoped)

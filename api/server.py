@@ -18,46 +18,44 @@
    releases the scheduler lease so another replica leads at once, and return (exit status 0).
 
 Uvicorn's access log has one line per request (client, method, path, status): no bodies and no
-headers, so neither job specs nor tokens reach the log.
+headers, so neither job specs nor tokens reach the log; query values and a token pasted into a
+path are masked (:mod:`api.access_log`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
 import threading
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 
+from api.access_log import install_redaction
 from api.app import create_app
 from api.embedded import ensure_local_pool
 from api.model_inputs import warm_up
 from api.settings import Settings, is_loopback
 from scheduler import auth
 from scheduler.db.migrate import current_revision, head_revision, upgrade
-from scheduler.db.session import Database
+from scheduler.db.session import Database, shown_url
 from scheduler.domain.errors import CorralError
+from scheduler.home import audit_home, prepare_home
 from scheduler.replica import Replica
 from scheduler.service import SchedulerService
+from scheduler.trust import JobTrust, identity_name
 from workers.backends.base import Backend
+from workers.backends.environment import service_environment
 from workers.backends.local import LocalBackend
 
 log = logging.getLogger("corral.server")
 REPLICA_STOP_WAIT_S = 30.0
+IDENTITY_CHECK_TIMEOUT_S = 60.0
 """How long shutdown waits for a tick in progress before leaving the lease to lapse."""
-
-
-def shown_url(url: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def has_admin_token(db: Database) -> bool:
@@ -92,20 +90,56 @@ def check_exposure(settings: Settings, db: Database) -> None:
             f"the token it prints), or use --host 127.0.0.1")
 
 
+def check_job_identity(trust: JobTrust, python: str) -> None:
+    """Say whom jobs run as; refuse to start when that identity cannot run the interpreter
+    (a pyenv build under a 0700 /root, say): every job would fail at launch."""
+    identity = trust.job_user
+    if identity is None:
+        who = "root" if os.geteuid() == 0 else f"this server's user (uid {os.geteuid()})"
+        log.warning("tenants' jobs run as %s: a job can read this server's database file and "
+                    "environment. Run the server as root with a job user (CORRAL_JOB_USER, "
+                    "default nobody) to keep jobs away from them (docs/security.md)", who)
+        return
+    try:
+        done = subprocess.run([python, "-c", "import workers.protocol"],
+                              env=service_environment(os.environ, python), cwd="/",
+                              user=identity.uid, group=identity.gid, extra_groups=[],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=IDENTITY_CHECK_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError) as err:
+        problem = str(err)
+    else:
+        problem = done.stderr.strip().splitlines()[-1] if done.returncode else ""
+    if problem:
+        raise CorralError(
+            f"job user {identity_name(identity)} cannot run {python} with Corral: {problem}. "
+            f"Install Corral where that user can read it, or let it pass through the folders "
+            f"above the interpreter (chmod o+x), or set CORRAL_JOB_USER (docs/security.md)")
+    log.info("tenants' jobs run as %s unless their tenant names another",
+             identity_name(identity))
+
+
 def serve(settings: Settings, backends: Mapping[str, Backend] | None = None,
           scheduler: bool = True, **policies: Any) -> None:
     """Run one server replica until SIGTERM or SIGINT (module docstring); ``policies`` are
     :class:`SchedulerService`'s ordering and preemption, backfill and moldable switches."""
+    trust = settings.job_trust()
+    prepare_home(settings.home, traverse=os.geteuid() == 0)
     db = Database(settings.database_url)
+    for problem in audit_home(settings.home, os.geteuid() == 0, db.sqlite_path):
+        log.warning("%s", problem)
     check_schema(db)
     check_exposure(settings, db)
     backends = dict(backends) if backends is not None else {"local": LocalBackend()}
     local = backends.get("local")
+    if scheduler and isinstance(local, LocalBackend):
+        check_job_identity(trust, local.python)
     if scheduler and db.is_sqlite and isinstance(local, LocalBackend):
         ensure_local_pool(db, local)
     service = SchedulerService(db, backends, runs_dir=settings.runs_dir,
                                grace_s=settings.grace_s,
-                               unlaunched_timeout_s=settings.unlaunched_timeout_s, **policies)
+                               unlaunched_timeout_s=settings.unlaunched_timeout_s,
+                               trust=trust, **policies)
     app = create_app(settings, service)
     warm_up()
     stop = threading.Event()
@@ -124,6 +158,7 @@ def serve(settings: Settings, backends: Mapping[str, Backend] | None = None,
     if settings.auth and not has_admin_token(db):
         log.warning("no admin token exists: issue one with `CORRAL_DATABASE_URL=%s corral admin "
                     "token issue --tenant ops --role admin`", shown_url(db.url))
+    install_redaction()
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
                                            log_level="info", access_log=True,
                                            log_config=None))

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scheduler.db.submissions import SubmitLimits
+from scheduler.trust import JobTrust
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -33,6 +34,10 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _folders(text: str) -> list[str]:
+    return [part for part in text.split(os.pathsep) if part]
 
 
 class Settings(BaseSettings):
@@ -54,10 +59,36 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=10.0, gt=0)
     replica_id: str = Field(default_factory=default_replica_id, min_length=1, max_length=256)
     grace_s: float = Field(default=30.0, ge=0)
+    job_user: str = Field(
+        default="", max_length=64,
+        description="whom tenants' ranks run as (a user name, UID or UID:GID) unless a tenant "
+                    "names its own; empty: nobody when the server runs as root, else the "
+                    "server's own user. 'root' only if you mean it (docs/security.md)")
+    data_roots: str = Field(
+        default="", max_length=65_536,
+        description="folders (':'-separated) tenants' data.path may lie in, unless a tenant "
+                    "has its own (corral admin tenant set T --data-root); empty: none")
+    model_roots: str = Field(
+        default="", max_length=65_536,
+        description="folders (':'-separated) tenants' model.path and tokenizer.path may lie "
+                    "in, unless a tenant has its own; empty: none (pkg: and job: still work)")
     unlaunched_timeout_s: float = Field(
         default=120.0, gt=0,
         description="seconds an admitted job may wait for its launch before the leader takes "
                     "it back (its dispatcher died between admitting and launching)")
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024,
+        description="largest request body accepted; a larger one answers 413 (a job spec is a "
+                    "few kilobytes)")
+    auth_failure_limit: int = Field(
+        default=10, ge=1,
+        description="failed authentications (unknown or revoked token) one client address may "
+                    "make within auth_failure_window_s before it gets 429 (api.throttle)")
+    auth_failure_window_s: float = Field(default=60.0, gt=0)
+    api_docs: bool = Field(
+        default=False,
+        description="serve Swagger UI at /docs from the swagger-ui-bundle package (never from "
+                    "a CDN); off, or without that package, /docs answers 404")
 
     @model_validator(mode="after")
     def _checked(self) -> Settings:
@@ -70,6 +101,11 @@ class Settings(BaseSettings):
                 f"host {self.host!r}: issue tokens (corral admin token issue) or bind to "
                 f"127.0.0.1")
         return self
+
+    def job_trust(self) -> JobTrust:
+        """The rules for tenants' jobs (identity, roots) these settings describe."""
+        return JobTrust.configure(self.job_user, _folders(self.data_roots),
+                                  _folders(self.model_roots))
 
     @property
     def runs_dir(self) -> Path:

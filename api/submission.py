@@ -80,6 +80,7 @@ def spec_for(principal: Principal, data: dict[str, Any]) -> JobSpec:
 
 def submit_model(service: SchedulerService, spec: JobSpec) -> ModelProfile | None:
     """The cost model's view of the spec's model, for submit (None: no prediction)."""
+    service.check_files(spec)  # before the model's config is read from a path it names
     try:
         return submit_profile(service, spec)
     except MODEL_INPUT_ERRORS as err:
@@ -88,6 +89,7 @@ def submit_model(service: SchedulerService, spec: JobSpec) -> ModelProfile | Non
 
 def plan_model(service: SchedulerService, spec: JobSpec) -> ModelProfile:
     """The cost model's view of the spec's model, for a dry-run plan."""
+    service.check_files(spec)  # before the model's config is read from a path it names
     try:
         return model_profile_for(service, spec)
     except MODEL_INPUT_ERRORS as err:

@@ -21,8 +21,9 @@
 5. Calibrate and check: configurations split into two halves, alternating within each strategy
    (:func:`split_by_strategy`); η per (cpu, strategy) is recalibrated on the first half as the
    service does after a job (``scheduler.cost.calibration``: observed η with the rest of the
-   step as predicted, folded into a running mean), and the second half is predicted with the
-   prior η and with the calibrated η. Goal: mean absolute error ≤ 15 % with calibration.
+   step as predicted, folded into a bounded weighted mean, each run at full weight), and the
+   second half is predicted with the prior η and with the calibrated η. Goal: mean absolute
+   error ≤ 15 % with calibration.
 
     .venv/bin/python bench/cost_time.py [--passes 3] [--steps 8] [--threads 1] [--verbose]
     .venv/bin/python bench/cost_time.py --save runs.json    # later: --load runs.json, no runs
@@ -43,7 +44,7 @@ from cost_time_results import WARMUP_STEPS, Summary, least_disturbed, load_runs,
 from cost_time_runs import RunRequest
 from cost_time_runs import train as train_runs
 
-from scheduler.cost.calibration import StepObservation, calibrate
+from scheduler.cost.calibration import FULL_WEIGHT_REPORTS, StepObservation, calibrate
 from scheduler.cost.hardware import lookup
 from scheduler.cost.planner import Candidate, PlanRequest, PoolOption, evaluate
 from scheduler.cost.profile import model_profile
@@ -285,7 +286,7 @@ def report(
         "η (cpu, strategy), prior -> calibrated: "
         + ", ".join(
             f"{strategy} {efficiency('cpu', strategy):.2f} -> {estimate.efficiency:.3f} "
-            f"({estimate.observations} runs)"
+            f"({estimate.weight // FULL_WEIGHT_REPORTS} runs)"
             for (_, strategy), estimate in sorted(estimates.items())
         )
     )

@@ -28,6 +28,7 @@ from scheduler.db.models import Allocation, Job, as_utc, utcnow
 from scheduler.db.session import Database
 from scheduler.domain.state import LIVE_STATES, JobState
 from scheduler.progress import apply_progress
+from scheduler.trust import JobTrust
 from workers.backends.base import Backend, GangPhase, GangStatus
 from workers.protocol import read_progress
 
@@ -46,12 +47,18 @@ class Reconciler:
 
     def __init__(self, db: Database, backends: Mapping[str, Backend], runs_dir: Path,
                  grace_s: float = DEFAULT_GRACE_S,
-                 unlaunched_timeout_s: float = UNLAUNCHED_TIMEOUT_S) -> None:
+                 unlaunched_timeout_s: float = UNLAUNCHED_TIMEOUT_S,
+                 trust: JobTrust | None = None, records_dir: Path | None = None) -> None:
         self.db = db
         self.backends = dict(backends)
         self.runs_dir = runs_dir
+        self.records_dir = records_dir or runs_dir.parent / "records"
+        """The service's own files per job (job files' launch records, logs), which the
+        ranks cannot write: ``records/job-ID/``."""
         self.grace_s = grace_s
         self.unlaunched_timeout_s = unlaunched_timeout_s
+        self.trust = trust
+        """Server mode's job identities and allowed roots; None: embedded mode."""
 
     @contextmanager
     def _write(self, fence: Fence | None) -> Iterator[Session]:
@@ -199,10 +206,14 @@ class Reconciler:
             else:
                 repo.transition(session, job, JobState.FAILED,
                                 status.reason or f"gang failed (exit {status.exit_code})", detail)
-                self._maybe_retry(session, job)
+                self._maybe_retry(session, job, status.retryable)
             return job.state
 
-    def _maybe_retry(self, session: Any, job: Job) -> None:
+    def _maybe_retry(self, session: Any, job: Job, retryable: bool = True) -> None:
+        if not retryable:
+            repo.note(session, job, "not retried: this failure would repeat on every attempt; "
+                                    "fix the spec or its files and submit again")
+            return
         failures = repo.failure_count(session, job.id)
         if failures < job.max_attempts:
             checkpoint = self._resume_point(session, job)

@@ -28,9 +28,9 @@ from scheduler.domain.errors import (
 from scheduler.domain.locations import is_job_ref, job_ref_name
 from scheduler.domain.plan import Plan
 from scheduler.domain.resources import PendingJobView, PoolView
+from scheduler.domain.roots import check_spec_files
 from scheduler.domain.spec import (
     JobSpec,
-    check_files_exist,
     parse_spec,
     redact_spec,
 )
@@ -50,9 +50,23 @@ class SchedulerService(Ticker):
 
     # --- submit ---------------------------------------------------------------------------
 
+    def check_files(self, spec: JobSpec) -> None:
+        """Reject a spec whose files are missing or, in server mode, outside the folders its
+        tenant may read (one message for both); ``job:`` references are left for
+        :meth:`resolve_job_reference`. Run before anything reads a file the spec names."""
+        roots = None
+        if self.trust is not None:
+            with self.db.read() as session:
+                roots = self.trust.roots_for(repo.find_tenant(session, spec.tenant))
+        check_spec_files(spec, roots, spec.tenant)
+
     def validate(self, spec: JobSpec) -> None:
         """Reject a spec no pool can ever run, or whose files are missing; store nothing."""
-        check_files_exist(spec)
+        self.check_files(spec)
+        self.check_schedulable(spec)
+
+    def check_schedulable(self, spec: JobSpec) -> None:
+        """Reject a spec no pool of this cluster can ever run."""
         with self.db.read() as session:
             pools = repo.load_pool_views(session)
         view = PendingJobView.from_spec(0, spec)
@@ -111,8 +125,9 @@ class SchedulerService(Ticker):
                     session, tenant.id, idempotency_key, request_sha256)
             if earlier is not None:
                 return Submitted(earlier, created=False)
+        self.check_files(spec)
         spec = self.resolve_job_reference(spec)
-        self.validate(spec)
+        self.check_schedulable(spec)
         profile = None
         if model is not None:
             report = plan_spec(self.db, spec, model)
@@ -258,7 +273,9 @@ class SchedulerService(Ticker):
             chosen = attempt or job.attempts
             if not job.run_dir or chosen < 1:
                 return None
-            return Path(job.run_dir) / "logs" / f"attempt-{chosen}.log"
+            # In the service's records folder: never in the run folder, whose entries the
+            # ranks control (a link there would make the server read any file for them).
+            return self.records_dir / f"job-{job.id}" / f"attempt-{chosen}.log"
 
     def job_state(self, job_id: int, tenant: str | None = None) -> JobState:
         with self.db.read() as session:

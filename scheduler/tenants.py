@@ -1,5 +1,6 @@
-"""Tenants with everything an admin sets on them: cohort, fair-share weight and the limits
-submissions are checked against (pending jobs, submissions per minute, highest priority).
+"""Tenants with everything an admin sets on them: cohort, fair-share weight, the limits
+submissions are checked against (pending jobs, submissions per minute, highest priority), and
+what its jobs are trusted with (the identity its ranks run as, the folders they may read).
 
 :func:`update_tenant` changes only the fields it is given, in one write transaction; a limit set
 to None falls back to the server's default (:class:`scheduler.db.submissions.SubmitLimits`).
@@ -17,10 +18,15 @@ from scheduler.db import repo
 from scheduler.db.models import Tenant
 from scheduler.db.session import Database
 from scheduler.domain.errors import CorralError
+from scheduler.domain.roots import check_root_list
+from scheduler.trust import parse_job_user
 
 DEFAULT_WEIGHT = 1.0
 LIMIT_FIELDS = ("max_pending_jobs", "submissions_per_minute", "max_priority")
-FIELDS = ("cohort", "weight", *LIMIT_FIELDS)
+TRUST_FIELDS = ("job_user", "data_roots", "model_roots")
+"""Whom the tenant's ranks run as and which folders they may read (scheduler.trust); None:
+the server's settings."""
+FIELDS = ("cohort", "weight", *LIMIT_FIELDS, *TRUST_FIELDS)
 PRIORITY_RANGE = (-1000, 1000)
 """The range resources.priority takes in a job spec."""
 
@@ -33,6 +39,9 @@ def update_tenant(db: Database, name: str, changes: Mapping[str, Any]) -> dict[s
         raise CorralError(f"unknown tenant fields {', '.join(unknown)}; known: "
                           f"{', '.join(FIELDS)}")
     _check(changes)
+    changes = {**changes, **{field: check_root_list(field, changes[field])
+                             for field in ("data_roots", "model_roots")
+                             if changes.get(field) is not None}}
     with db.write() as session:
         tenant = repo.get_or_create_tenant(session, name)
         for field, value in changes.items():
@@ -52,7 +61,8 @@ def tenant_row(tenant: Tenant) -> dict[str, Any]:
     return {"name": tenant.name, "cohort": tenant.cohort, "weight": tenant.weight,
             "max_pending_jobs": tenant.max_pending_jobs,
             "submissions_per_minute": tenant.submissions_per_minute,
-            "max_priority": tenant.max_priority}
+            "max_priority": tenant.max_priority, "job_user": tenant.job_user,
+            "data_roots": tenant.data_roots, "model_roots": tenant.model_roots}
 
 
 def _check(changes: Mapping[str, Any]) -> None:
@@ -69,6 +79,9 @@ def _check(changes: Mapping[str, Any]) -> None:
     if rate is not None and rate < 1:
         raise CorralError(f"submissions_per_minute must be >= 1 (stop a tenant with "
                           f"max_pending_jobs: 0), got {rate}")
+    job_user = changes.get("job_user")
+    if job_user is not None:
+        parse_job_user(job_user)  # a name this machine knows, or UID[:GID]
     priority = changes.get("max_priority")
     low, high = PRIORITY_RANGE
     if priority is not None and not low <= priority <= high:

@@ -21,6 +21,7 @@ and its tick ends with :class:`StaleLeaderError` (docs/replicas.md).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,13 +34,16 @@ from sqlalchemy.exc import IntegrityError
 from scheduler.cycle import Admission, CycleResult, run_cycle
 from scheduler.db import repo
 from scheduler.db.lease import Fence
-from scheduler.db.models import Job
+from scheduler.db.models import Job, Tenant
 from scheduler.db.session import Database
 from scheduler.db.snapshot import policy_config, snapshot
 from scheduler.domain.errors import (
     BackendError,
+    CorralError,
+    LaunchRefusedError,
     StaleLeaderError,
 )
+from scheduler.domain.roots import AllowedRoots, within
 from scheduler.domain.spec import (
     JobSpec,
     env_of,
@@ -47,8 +51,9 @@ from scheduler.domain.spec import (
 from scheduler.domain.state import LIVE_STATES, JobState
 from scheduler.policies.config import Ordering
 from scheduler.reconcile import DEFAULT_GRACE_S, UNLAUNCHED_TIMEOUT_S, Reconciler
+from scheduler.trust import JobTrust
 from workers.backends.base import Backend
-from workers.protocol import JobFile, LaunchRequest
+from workers.protocol import JobFile, JobIdentity, LaunchRequest
 
 log = logging.getLogger("corral.tick")
 
@@ -73,8 +78,10 @@ class Ticker(Reconciler):
                  timer: Callable[[], float] = time.perf_counter,
                  ordering: Ordering = "fair_share", preemption: bool = True,
                  backfill: bool = True, moldable: bool = True,
-                 unlaunched_timeout_s: float = UNLAUNCHED_TIMEOUT_S) -> None:
-        super().__init__(db, backends, runs_dir, grace_s, unlaunched_timeout_s)
+                 unlaunched_timeout_s: float = UNLAUNCHED_TIMEOUT_S,
+                 trust: JobTrust | None = None, records_dir: Path | None = None) -> None:
+        super().__init__(db, backends, runs_dir, grace_s, unlaunched_timeout_s, trust,
+                         records_dir)
         self.timer = timer
         self.ordering: Ordering = ordering
         self.switches = {"preemption": preemption, "backfill": backfill, "moldable": moldable}
@@ -180,6 +187,7 @@ class Ticker(Reconciler):
         or the job was cancelled while it launched, is killed at once: no gang runs that the
         database does not know."""
         backend = self.backends.get(admission.backend)
+        trust_error: CorralError | None = None
         with self._write(fence) as session:
             job = repo.get_job(session, admission.job_id, lock=True)
             if job.state != JobState.ADMITTED.value:
@@ -187,32 +195,39 @@ class Ticker(Reconciler):
             job.attempts += 1
             run_dir = Path(job.run_dir or self.runs_dir / f"job-{job.id}")
             checkpoint = self._resume_point(session, job)
+            try:
+                identity, roots = self._trust_for(session, job)
+            except CorralError as err:
+                identity, roots, trust_error = None, None, err
             job_file = JobFile(job_id=job.id, attempt=job.attempts, spec=job.spec,
                                plan=admission.plan.to_dict(), run_dir=str(run_dir),
-                               resume_from=checkpoint)
+                               resume_from=checkpoint,
+                               allowed_roots=roots.to_dict() if roots is not None else None)
             held = repo.live_devices(session, job.id)
             attempt = job.attempts
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "logs").mkdir(exist_ok=True)
+        records = self.records_dir / f"job-{admission.job_id}"
         job_path = run_dir / f"attempt-{attempt}.json"
-        job_file.write(job_path)
         request = LaunchRequest(job_id=admission.job_id, attempt=attempt,
                                 world_size=admission.plan.world_size, job_file=str(job_path),
-                                log_path=str(run_dir / "logs" / f"attempt-{attempt}.log"),
+                                log_path=str(records / f"attempt-{attempt}.log"),
                                 nodes=admission.plan.nodes, devices=held,
-                                env=env_of(job.spec))
+                                env=env_of(job.spec), run_dir=str(run_dir), identity=identity)
         try:
+            if trust_error is not None:
+                raise LaunchRefusedError(f"the tenant's job identity: {trust_error}")
             if backend is None:
                 raise BackendError(f"no backend {admission.backend!r} is configured here")
+            prepare_folders(self.runs_dir, run_dir, records, identity)
+            job_file.write(job_path, owner=identity)
             handle = backend.launch(request)
-        except BackendError as err:
+        except (BackendError, OSError) as err:
             with self._write(fence) as session:
                 job = repo.get_job(session, admission.job_id, lock=True)
                 if job.state != JobState.ADMITTED.value or job.attempts != attempt:
                     return False  # cancelled meanwhile: nothing is left to fail
                 repo.release(session, job)
                 repo.transition(session, job, JobState.FAILED, f"launch failed: {err}")
-                self._maybe_retry(session, job)
+                self._maybe_retry(session, job, not isinstance(err, LaunchRefusedError))
             return False
         try:
             with self._write(fence) as session:
@@ -233,3 +248,35 @@ class Ticker(Reconciler):
                 raise
             return False
         return True
+
+    def _trust_for(self, session: Any, job: Job) -> tuple[JobIdentity | None,
+                                                          AllowedRoots | None]:
+        """Whom the job's ranks run as and which folders they may read (server mode).
+
+        A ``model.path`` inside the runs folder got there only by the scheduler resolving a
+        ``job:`` reference of the job's own tenant at submit (no root covers the runs folder),
+        so that export is added to the roots the ranks check."""
+        if self.trust is None:
+            return None, None
+        tenant = session.get(Tenant, job.tenant_id)
+        roots = self.trust.roots_for(tenant)
+        model_path = (job.spec.get("model") or {}).get("path")
+        if isinstance(model_path, str) and within(Path(model_path), [str(self.runs_dir)]):
+            roots = roots.with_model_folder(model_path)
+        return self.trust.identity_for(tenant), roots
+
+
+def prepare_folders(runs_dir: Path, run_dir: Path, records: Path,
+                    identity: JobIdentity | None) -> None:
+    """Make the job's run folder (its ranks' own) and its records folder (the service's).
+
+    With another identity for the ranks, the runs folder lets them pass (0711: no listing) and
+    the run folder becomes theirs (0700); the records folder, holding the log and the launch
+    record, stays the service's alone (0700)."""
+    runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    records.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir.mkdir(exist_ok=True, mode=0o700)
+    if identity is not None:
+        runs_dir.chmod(0o711)
+        os.chown(run_dir, identity.uid, identity.gid, follow_symlinks=False)
+        run_dir.chmod(0o700)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,10 @@ from typing import Any, Literal
 
 EXIT_PREEMPTED = 75
 """EX_TEMPFAIL from sysexits.h: stopped on request after checkpointing; retry later."""
+
+EXIT_SPEC_ERROR = 78
+"""EX_CONFIG from sysexits.h: the job's spec or files are wrong (a data file the ranks cannot
+read, a path outside the tenant's roots): a retry would fail the same way, so none is made."""
 
 EXPORT_DIR_NAME = "export"
 """Folder in a job's run folder where a finished job leaves its model in the transformers layout
@@ -50,9 +55,13 @@ class JobFile:
     plan: dict[str, Any]
     """``Plan.to_dict()``."""
     run_dir: str
-    """The job's folder, shared by all attempts: checkpoints/, progress.jsonl, logs/, export/."""
+    """The job's folder, shared by all attempts and writable by its ranks: checkpoints/,
+    progress.jsonl, export/. Logs are the service's and live elsewhere."""
     resume_from: str | None = None
     """A complete checkpoint folder to resume from, or None to start fresh."""
+    allowed_roots: dict[str, list[str]] | None = None
+    """``{"data": [...], "model": [...]}``: folders the spec's files must lie in (checked again
+    by the ranks, links resolved); None: any path (embedded mode)."""
 
     @property
     def progress_path(self) -> Path:
@@ -66,17 +75,34 @@ class JobFile:
     def export_dir(self) -> Path:
         return Path(self.run_dir) / EXPORT_DIR_NAME
 
-    def write(self, path: Path) -> None:
-        # Owner-only: the spec may carry secret env values.
+    def write(self, path: Path, owner: JobIdentity | None = None) -> None:
+        """Write the file owner-only (the spec may carry secret env values), owned by
+        ``owner`` when the ranks run as another identity.
+
+        The folder may be the job's own, writable by its ranks: a link planted at the
+        temporary name is refused (O_EXCL, O_NOFOLLOW), never followed, and the rename
+        replaces whatever entry holds the final name without following it."""
         tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as handle:
+            if owner is not None:
+                os.fchown(handle.fileno(), owner.uid, owner.gid)
             handle.write(json.dumps(asdict(self), indent=2))
         os.replace(tmp, path)
 
     @classmethod
     def read(cls, path: str | Path) -> JobFile:
         return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True, slots=True)
+class JobIdentity:
+    """The unprivileged user and group a gang's ranks run as (server mode)."""
+
+    uid: int
+    gid: int
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +120,10 @@ class LaunchRequest:
     env: dict[str, str] = field(default_factory=dict)
     module: str = "workers.jobs.run"
     """Python module each rank runs with the job file as its one argument."""
+    run_dir: str = ""
+    """The job's run folder: the ranks' working folder, HOME and TMPDIR."""
+    identity: JobIdentity | None = None
+    """Who the ranks run as; None: the scheduler's own user (embedded mode)."""
 
 
 def append_progress(progress_file: Path, kind: ProgressKind, /, **fields: Any) -> None:
@@ -104,13 +134,36 @@ def append_progress(progress_file: Path, kind: ProgressKind, /, **fields: Any) -
         handle.flush()
 
 
+MAX_PROGRESS_READ_BYTES = 1 << 20
+"""Most bytes of a progress file read per call: a job that floods its file cannot make the
+scheduler read it all at once (the rest is read on the next calls)."""
+
+
 def read_progress(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Return complete events after byte ``offset`` and the offset to read from next time."""
-    if not path.exists():
+    """Return complete events after byte ``offset`` and the offset to read from next time.
+
+    The file lies in the job's own folder, written by its ranks, and the scheduler may read it
+    with more rights than they have: a link is not followed, anything but a regular file is
+    ignored, and a line that is not a JSON object (or longer than
+    :data:`MAX_PROGRESS_READ_BYTES`) is skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # missing, or a link planted in its place
         return [], offset
-    with path.open("rb") as handle:
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return [], offset
         handle.seek(offset)
-        data = handle.read()
+        data = handle.read(MAX_PROGRESS_READ_BYTES)
     end = data.rfind(b"\n") + 1
-    events = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+    if end == 0 and len(data) == MAX_PROGRESS_READ_BYTES:
+        return [], offset + len(data)  # one line longer than the bound: skip it
+    events = []
+    for line in data[:end].splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
     return events, offset + end

@@ -1,4 +1,5 @@
-"""``corral admin``: tenants (cohort, weight, limits), quotas and API tokens.
+"""``corral admin``: tenants (cohort, weight, limits), quotas, API tokens and the cost model's
+calibration table.
 
 Without ``--server`` the commands write the database directly ($CORRAL_DATABASE_URL or the
 SQLite file under $CORRAL_HOME): that is how a new server's first admin token is made. With
@@ -15,6 +16,8 @@ from rich.console import Console
 
 from api.cli.render import rows_table
 from api.cli.seam import Admin, CliContext
+from scheduler.domain.plan import Strategy
+from scheduler.domain.spec import JobKind
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -25,7 +28,8 @@ def _admin() -> Admin:
 
 @click.group()
 def admin() -> None:
-    """Tenants, quotas and tokens (who may use how many devices of which accelerator)."""
+    """Tenants, quotas and tokens (who may use how many devices of which accelerator); the
+    cost model's calibration."""
 
 
 @admin.group(invoke_without_command=True)
@@ -48,17 +52,34 @@ def tenant(ctx: click.Context) -> None:
               help="Most submissions in any 60 s (server default otherwise).")
 @click.option("--max-priority", type=click.IntRange(-1000, 1000), default=None,
               help="Highest resources.priority its members may ask for.")
+@click.option("--job-user", default=None, help="Whom its ranks run as in server mode: a user "
+              "name, UID or UID:GID (server's CORRAL_JOB_USER otherwise).")
+@click.option("--data-root", "data_roots", multiple=True, metavar="FOLDER",
+              help="A folder its data.path may lie in (repeat; replaces the list).")
+@click.option("--model-root", "model_roots", multiple=True, metavar="FOLDER",
+              help="A folder its model.path and tokenizer.path may lie in (repeat; replaces "
+                   "the list).")
+@click.option("--server-defaults", "clear", multiple=True,
+              type=click.Choice(["job_user", "data_roots", "model_roots"]),
+              help="Forget its own setting of this field: the server's applies (repeat).")
 def tenant_set(name: str, cohort: str | None, no_cohort: bool, weight: float | None,
                max_pending_jobs: int | None, submissions_per_minute: int | None,
-               max_priority: int | None) -> None:
+               max_priority: int | None, job_user: str | None, data_roots: tuple[str, ...],
+               model_roots: tuple[str, ...], clear: tuple[str, ...]) -> None:
+    """Create or change tenant NAME: options left out stay as they are."""
     row = _admin().set_tenant(name, cohort=cohort, weight=weight, clear_cohort=no_cohort,
                               max_pending_jobs=max_pending_jobs,
                               submissions_per_minute=submissions_per_minute,
-                              max_priority=max_priority)
+                              max_priority=max_priority, job_user=job_user,
+                              data_roots=list(data_roots) or None,
+                              model_roots=list(model_roots) or None, clear=clear)
     console.print(f"tenant {row['name']}: cohort {row['cohort'] or '-'}, weight {row['weight']}, "
                   f"max pending jobs {_default(row.get('max_pending_jobs'))}, submissions per "
                   f"minute {_default(row.get('submissions_per_minute'))}, max priority "
-                  f"{_default(row.get('max_priority'))}")
+                  f"{_default(row.get('max_priority'))}, job user "
+                  f"{_default(row.get('job_user'))}, data roots "
+                  f"{_default(row.get('data_roots'))}, model roots "
+                  f"{_default(row.get('model_roots'))}", highlight=False)
 
 
 @admin.group(invoke_without_command=True)
@@ -133,6 +154,35 @@ def token_revoke(token_id: int) -> None:
     row = _admin().revoke_token(token_id)
     console.print(f"token {token_id} ({row.get('prefix', '?')}…, tenant "
                   f"{row.get('tenant', '?')}) revoked", highlight=False)
+
+
+@admin.group(invoke_without_command=True)
+@click.pass_context
+def calibration(ctx: click.Context) -> None:
+    """List the measured efficiencies η; `corral admin calibration reset` deletes them."""
+    if ctx.invoked_subcommand is None:
+        rows = [{**row, "efficiency": _eta(row["efficiency"]),
+                 "prior_efficiency": _eta(row["prior_efficiency"])}
+                for row in _admin().calibration()]
+        console.print(rows_table("Calibration (η per accelerator, strategy, job kind)", rows))
+
+
+@calibration.command("reset")
+@click.option("--accelerator", default=None, help="Only this accelerator's rows (e.g. H100-SXM).")
+@click.option("--strategy", type=click.Choice([s.value for s in Strategy]), default=None,
+              help="Only this strategy's rows.")
+@click.option("--kind", type=click.Choice([k.value for k in JobKind]), default=None,
+              help="Only this job kind's rows.")
+def calibration_reset(accelerator: str | None, strategy: str | None, kind: str | None) -> None:
+    """Delete the rows matching every option given (every row without one): plans there use
+    the prior η until jobs measure it again."""
+    row = _admin().reset_calibration(accelerator, strategy, kind)
+    console.print(f"deleted {row['deleted']} calibration row(s); plans there use the prior η",
+                  highlight=False)
+
+
+def _eta(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3g}"
 
 
 def _limit(value: int | None) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from scheduler.domain.errors import CorralError
+from scheduler.domain.spec_yaml import MAX_YAML_BYTES, YamlLimitError, check_yaml_size, load_yaml
 
 CONFIG_ENV = "CORRAL_CONFIG"
 TOKEN_ENV = "CORRAL_TOKEN"
@@ -56,7 +57,16 @@ def read_config(path: Path) -> dict[str, str]:
     if mode & 0o022:
         raise CorralError(f"{shown(path)} is writable by others (mode {mode:04o}): chmod 600 it")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_YAML_BYTES + 1)
+        check_yaml_size(len(raw))
+        data = load_yaml(raw.decode("utf-8")) or {}
+    except UnicodeDecodeError:
+        raise CorralError(f"{shown(path)} is not UTF-8 text; run `corral login URL` again to "
+                          f"rewrite it") from None
+    except YamlLimitError as err:
+        raise CorralError(f"{shown(path)}: {err}; the file holds only a server and a "
+                          f"token") from None
     except yaml.YAMLError as err:
         raise CorralError(f"{shown(path)}: malformed YAML ({err}); fix it or run "
                           f"`corral login URL` again") from None

@@ -12,7 +12,7 @@ from typing import Any
 from api.cli.seam import FINAL_STATES
 from api.embedded import open_embedded, prepare_database
 from api.model_inputs import model_profile_for, submit_profile
-from scheduler import admin, auth, tenants
+from scheduler import admin, auth, calibrate, tenants
 from scheduler.db import repo
 from scheduler.db.session import Database, default_url
 from scheduler.domain.errors import ConflictError
@@ -104,11 +104,12 @@ class EmbeddedAdmin:
     def tenants(self) -> list[dict[str, Any]]:
         return tenants.list_tenants(self.db)
 
-    def set_tenant(self, name: str, clear_cohort: bool = False,
+    def set_tenant(self, name: str, clear_cohort: bool = False, clear: tuple[str, ...] = (),
                    **changes: Any) -> dict[str, Any]:
         given = {field: value for field, value in changes.items() if value is not None}
         if clear_cohort:
             given["cohort"] = None
+        given.update(dict.fromkeys(clear))
         return tenants.update_tenant(self.db, name, given)
 
     def quotas(self) -> list[dict[str, Any]]:
@@ -131,4 +132,14 @@ class EmbeddedAdmin:
 
     def revoke_token(self, token_id: int) -> dict[str, Any]:
         return auth.revoke_token(self.db, token_id)
+
+    def calibration(self) -> list[dict[str, Any]]:
+        return calibrate.list_calibration(self.db)
+
+    def reset_calibration(self, accelerator: str | None, strategy: str | None,
+                          kind: str | None) -> dict[str, Any]:
+        deleted = calibrate.reset_calibration(self.db, accelerator, strategy, kind,
+                                              by="the embedded CLI")
+        return {"accelerator": accelerator, "strategy": strategy, "kind": kind,
+                "deleted": deleted}
 

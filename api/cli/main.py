@@ -34,9 +34,20 @@ LAZY_COMMANDS = {"sim": "api.cli.sim:sim"}
 """Commands whose modules load the simulator: imported only when named (or for --help)."""
 
 
+def unreachable_database(err: Exception) -> str | None:
+    """One line for a database that could not be reached (its URL without the password and
+    the driver's reason); None for any other error."""
+    # Not imported here: commands that never open a database need not load SQLAlchemy.
+    session = sys.modules.get("scheduler.db.session")
+    if session is None or not isinstance(err, session.DatabaseUnreachable):
+        return None
+    return f"cannot reach the database at {err.url}: {err.reason()}"
+
+
 class CorralGroup(click.Group):
-    """Turns Corral's own errors into one clear line and exit status 2, and imports the
-    commands with heavy dependencies (:data:`LAZY_COMMANDS`) only when they run."""
+    """Turns Corral's own errors, and a database it cannot reach, into one clear line and exit
+    status 2, and imports the commands with heavy dependencies (:data:`LAZY_COMMANDS`) only
+    when they run."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
@@ -55,6 +66,12 @@ class CorralGroup(click.Group):
             if getattr(err, "code", None) == "unauthorized":
                 err_console.print("  the token comes from $CORRAL_TOKEN or the file `corral "
                                   "login URL` writes", highlight=False)
+            sys.exit(2)
+        except Exception as err:
+            line = unreachable_database(err)
+            if line is None:
+                raise
+            err_console.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
 

@@ -95,3 +95,10 @@ class RemoteCorral:
 
     def revoke_token(self, token_id: int) -> dict[str, Any]:
         return self.client.revoke_token(token_id)
+
+    def calibration(self) -> list[dict[str, Any]]:
+        return self.client.calibration()
+
+    def reset_calibration(self, accelerator: str | None, strategy: str | None,
+                          kind: str | None) -> dict[str, Any]:
+        return self.client.reset_calibration(accelerator, strategy, kind)

@@ -55,7 +55,7 @@ class Corral(Protocol):
 
 
 class Admin(Protocol):
-    """Tenants, quotas and tokens, wherever they live."""
+    """Tenants, quotas, tokens and the calibration table, wherever they live."""
 
     def tenants(self) -> list[dict[str, Any]]: ...
 
@@ -73,6 +73,11 @@ class Admin(Protocol):
     def issue_token(self, tenant: str, role: Any, name: str) -> dict[str, Any]: ...
 
     def revoke_token(self, token_id: int) -> dict[str, Any]: ...
+
+    def calibration(self) -> list[dict[str, Any]]: ...
+
+    def reset_calibration(self, accelerator: str | None, strategy: str | None,
+                          kind: str | None) -> dict[str, Any]: ...
 
 
 class CliContext:

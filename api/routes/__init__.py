@@ -11,9 +11,11 @@ ERROR_DESCRIPTIONS = {
     403: "the caller's role or tenant may not do this (code forbidden)",
     404: "no such object, or one of another tenant (code not_found)",
     409: "the request contradicts what is stored (code conflict)",
+    413: "the request body is above the server's limit, 1 MiB by default (code too_large)",
     422: "the request or the job spec is invalid (codes invalid_request, invalid_spec, "
          "unschedulable)",
-    429: "a tenant limit is reached (code rate_limited)",
+    429: "a tenant limit is reached, or this client address sent too many unknown or revoked "
+         "tokens (code rate_limited)",
     503: "the database is unavailable (code unavailable)",
 }
 
@@ -25,9 +27,10 @@ ERROR_HEADERS: dict[int, dict[str, Any]] = {
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for these error statuses, plus 503, all with the error body."""
+    """OpenAPI ``responses`` for these error statuses, plus 413 and 503 that any request may
+    get (api.body_limit, the database), all with the error body."""
     answers: dict[int | str, dict[str, Any]] = {}
-    for status in (*statuses, 503):
+    for status in (*statuses, 413, 503):
         answer: dict[str, Any] = {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]}
         if status in ERROR_HEADERS:
             answer["headers"] = ERROR_HEADERS[status]
@@ -35,5 +38,6 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return answers
 
 
-AUTHED = (401, 422)
-"""What any route behind a token may answer: no token, or parameters that fail the schema."""
+AUTHED = (401, 422, 429)
+"""What any route behind a token may answer: no token, parameters that fail the schema, or a
+client address throttled after failed authentications (api.throttle)."""

@@ -1,4 +1,5 @@
-"""Tenancy, for admins only: tenants and their limits, quotas, API tokens."""
+"""Tenancy, for admins only: tenants and their limits, quotas, API tokens; the cost model's
+calibration table."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from fastapi import APIRouter, Path, Query
 
 from api.admin_schemas import (
     ACCELERATOR_PATTERN,
+    CalibrationList,
+    CalibrationReset,
     QuotaDeleted,
     QuotaList,
     QuotaPublic,
@@ -23,8 +26,10 @@ from api.admin_schemas import (
 from api.deps import AdminDep, ServiceDep
 from api.routes import AUTHED, errors
 from api.schemas import MAX_DB_ID, NAME_PATTERN
-from scheduler import admin, auth, tenants
+from scheduler import admin, auth, calibrate, tenants
 from scheduler.domain.errors import ConflictError, CorralError
+from scheduler.domain.plan import Strategy
+from scheduler.domain.spec import JobKind
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -98,3 +103,25 @@ def revoke_token(token_id: Annotated[int, Path(ge=1, le=MAX_DB_ID)], principal: 
         raise ConflictError("this request is authenticated by that token; revoke it with "
                             "another admin token, so that an admin is always left")
     return auth.revoke_token(service.db, token_id)
+
+
+@router.get("/admin/calibration", response_model=CalibrationList, responses=errors(*ADMIN))
+def list_calibration(_admin: AdminDep, service: ServiceDep) -> dict[str, Any]:
+    """Every measured efficiency η, with its weight and the prior η it replaces."""
+    return {"items": calibrate.list_calibration(service.db)}
+
+
+@router.delete("/admin/calibration", response_model=CalibrationReset, responses=errors(*ADMIN))
+def reset_calibration(
+    principal: AdminDep, service: ServiceDep,
+    accelerator: Annotated[str | None, Query(min_length=1, max_length=64,
+                                             pattern=ACCELERATOR_PATTERN)] = None,
+    strategy: Strategy | None = None, kind: JobKind | None = None,
+) -> dict[str, Any]:
+    """Delete the rows matching every filter given (every row without one), in one transaction:
+    plans there fall back to the prior η until jobs measure it again."""
+    deleted = calibrate.reset_calibration(
+        service.db, accelerator, strategy.value if strategy else None,
+        kind.value if kind else None,
+        by=f"admin token {principal.token_id} of tenant {principal.tenant}")
+    return {"accelerator": accelerator, "strategy": strategy, "kind": kind, "deleted": deleted}

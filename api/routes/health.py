@@ -1,5 +1,6 @@
 """Probes and metrics: ``/healthz`` (the process answers), ``/readyz`` (the database answers
-at the expected schema), ``/metrics`` (Prometheus, behind a token)."""
+at the expected schema), ``/metrics`` (Prometheus, behind a token; a member's shows only its
+own tenant)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from api.deps import PrincipalDep, ServiceDep
+from api.deps import PrincipalDep, ServiceDep, tenant_scope
 from api.errors import Unavailable
 from api.metrics import ApiMetrics
 from api.routes import errors
@@ -38,8 +39,9 @@ def readyz(request: Request, service: ServiceDep) -> dict[str, Any]:
 @router.get("/metrics", response_class=Response, responses={
     200: {"description": "Prometheus text exposition format",
           "content": {"text/plain": {"schema": {"type": "string"}}}},
-    **errors(401)})
-def metrics(request: Request, _principal: PrincipalDep) -> Response:
-    """Cluster gauges read from the database now, and this replica's cycle timings."""
+    **errors(401, 429)})
+def metrics(request: Request, principal: PrincipalDep) -> Response:
+    """Cluster gauges read from the database now (a member's: its own tenant's jobs only), and
+    this replica's cycle timings."""
     registry: ApiMetrics = request.app.state.metrics
-    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(registry.render(tenant_scope(principal)), media_type=CONTENT_TYPE_LATEST)

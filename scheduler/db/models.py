@@ -70,6 +70,14 @@ class Tenant(Base):
     max_priority: Mapped[int | None] = mapped_column(Integer, default=None)
     """Highest ``resources.priority`` a member of the tenant may ask for; None: the server's
     default. Admins may set any priority."""
+    job_user: Mapped[str | None] = mapped_column(String(64), default=None)
+    """The identity the tenant's ranks run as in server mode (a user name, ``UID`` or
+    ``UID:GID``); None: the server's ``job_user``."""
+    data_roots: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    """Folders the tenant's ``data.path`` may lie in (server mode); None: the server's."""
+    model_roots: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    """Folders the tenant's ``model.path`` and ``tokenizer.path`` may lie in; None: the
+    server's."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -288,6 +296,9 @@ class Calibration(Base):
     kind: Mapped[str] = mapped_column(String(16))
     efficiency: Mapped[float] = mapped_column(Float)
     observations: Mapped[int] = mapped_column(Integer, default=0)
+    """The estimate's weight: step reports folded in, capped per attempt and in all
+    (scheduler.cost.calibration). Rows written before the cap counted runs, so they read light:
+    the next runs move them sooner, each still within the bound."""
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (

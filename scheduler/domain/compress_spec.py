@@ -28,7 +28,9 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from scheduler.domain.spec_limits import check_free_map
 
 DEFAULT_GROUP_SIZE: Final = 32
 DEFAULT_TEMPERATURE = 2.0
@@ -73,6 +75,13 @@ class CompressSpec(BaseModel):
         default=None, ge=1, le=1024,
         description="CPU threads while timing; default: the rank's own (cores / local ranks)",
     )
+
+    @field_validator("student")
+    @classmethod
+    def _student_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_free_map(value, "compress.student")
+        return value
 
     @model_validator(mode="after")
     def _fields_match_method(self) -> CompressSpec:

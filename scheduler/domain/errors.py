@@ -9,6 +9,8 @@ Hierarchy::
     ├── TransitionError      an illegal job-state move (a bug, never user input)
     ├── NotFoundError        a job, pool or checkpoint that does not exist
     ├── BackendError         a backend could not launch, poll or cancel a gang
+    │   └── LaunchRefusedError   the launch can never succeed as asked (an argument list
+    │                            the kernel refuses, a job variable no rank may get): no retry
     ├── ForbiddenError       the caller's role or tenant may not do this (a member setting
     │                        another tenant, a priority above its tenant's limit, admin routes)
     ├── ConflictError        the request contradicts stored state (an idempotency key reused
@@ -47,6 +49,10 @@ class NotFoundError(CorralError):
 
 class BackendError(CorralError):
     """A backend failed to launch, poll or cancel a gang of ranks."""
+
+
+class LaunchRefusedError(BackendError):
+    """A launch that would fail the same way on every retry; the job fails without one."""
 
 
 class ForbiddenError(CorralError):

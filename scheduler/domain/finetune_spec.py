@@ -10,11 +10,14 @@ read), where defaults are written out; so rules compare values with defaults, ne
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from scheduler.domain.spec_limits import MAX_LIST_ENTRIES, MAX_NAME_CHARS
 
 DEFAULT_LABEL_FIELD = "label"
+ModuleName = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
 
 
 class LoraSpec(BaseModel):
@@ -25,8 +28,8 @@ class LoraSpec(BaseModel):
     r: int = Field(default=8, ge=1, le=4096, description="rank of the adapter matrices")
     alpha: int = Field(default=16, ge=1, description="scale numerator: updates × alpha / r")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on adapter inputs")
-    target_modules: list[str] | None = Field(
-        default=None,
+    target_modules: list[ModuleName] | None = Field(
+        default=None, max_length=MAX_LIST_ENTRIES,
         description="names of the linear layers to adapt; None: peft's default for the "
                     "architecture (llama: q_proj, v_proj; bert: query, value; gpt2: c_attn)",
     )
@@ -52,9 +55,10 @@ class FinetuneSpec(BaseModel):
         default=True, description="merge the adapters into the weights and export the result"
     )
     num_labels: int | None = Field(default=None, ge=2, le=100_000)
-    label_field: str = Field(default=DEFAULT_LABEL_FIELD, min_length=1)
-    prompt_field: str | None = Field(default=None, min_length=1)
-    response_field: str | None = Field(default=None, min_length=1)
+    label_field: str = Field(default=DEFAULT_LABEL_FIELD, min_length=1,
+                             max_length=MAX_NAME_CHARS)
+    prompt_field: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)
+    response_field: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:

@@ -45,12 +45,18 @@ def check_reference(field: str, value: str) -> None:
     """Raise :class:`SpecError` for a ``pkg:`` or ``job:`` reference with nothing after it."""
     if is_package_ref(value) and not value.removeprefix(PACKAGE_PREFIX).strip("/"):
         raise SpecError(f"{field}: {value!r} names no package; write pkg:PACKAGE/FOLDER")
+    if is_package_ref(value) and any(part in ("..", ".") for part in
+                                     value.removeprefix(PACKAGE_PREFIX).split("/")):
+        # pkg:PACKAGE/../../etc would leave the package for any folder on the machine.
+        raise SpecError(f"{field}: {value!r} leaves its package ('.' or '..'); name a folder "
+                        f"inside it: pkg:PACKAGE/SUB/FOLDER")
     if is_job_ref(value) and not job_ref_name(value):
         raise SpecError(f"{field}: {value!r} names no job; write job:NAME")
 
 
 def resolve_package_path(value: str, field: str = "model.path") -> Path:
     """The folder a ``pkg:PACKAGE/SUB/FOLDER`` reference names on this machine."""
+    check_reference(field, value)
     package, _, inside = value.removeprefix(PACKAGE_PREFIX).strip("/").partition("/")
     # find_spec of a top-level name locates the package without importing it.
     found = importlib.util.find_spec(package) if package.isidentifier() else None

@@ -23,14 +23,19 @@ from pydantic import (
 )
 
 from scheduler.domain.compress_spec import CompressSpec
+from scheduler.domain.environment import check_job_env_name
 from scheduler.domain.errors import SpecError
 from scheduler.domain.finetune_spec import FinetuneSpec
-from scheduler.domain.locations import (
-    check_reference,
-    is_job_ref,
-    is_package_ref,
-    resolve_package_path,
+from scheduler.domain.locations import is_job_ref, is_package_ref
+from scheduler.domain.roots import check_spec_files
+from scheduler.domain.spec_limits import (
+    MAX_DEADLINE_CHARS,
+    MAX_NAME_CHARS,
+    MAX_PATH_CHARS,
+    check_env_sizes,
+    check_free_map,
 )
+from scheduler.domain.spec_yaml import MAX_YAML_BYTES, YamlLimitError, check_yaml_size, load_yaml
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -69,16 +74,23 @@ class ModelSpec(_Strict):
     """A transformers architecture built from a config (random init), or weights on disk."""
 
     architecture: str | None = Field(
-        default=None, description="transformers model_type, e.g. 'llama' or 'gpt2'"
+        default=None, max_length=MAX_NAME_CHARS,
+        description="transformers model_type, e.g. 'llama' or 'gpt2'"
     )
     config: dict[str, Any] = Field(
         default_factory=dict, description="fields of the transformers config, e.g. hidden_size"
     )
     path: str | None = Field(
-        default=None,
+        default=None, max_length=MAX_PATH_CHARS,
         description="directory of pretrained weights, pkg:PACKAGE/FOLDER or job:NAME (the "
                     "export of an earlier job); see scheduler.domain.locations",
     )
+
+    @field_validator("config")
+    @classmethod
+    def _config_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_free_map(value, "model.config")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -99,7 +111,7 @@ class TokenizerSpec(_Strict):
 
     kind: Literal["byte", "bpe", "path", "model"] = "bpe"
     vocab_size: int = Field(default=2048, ge=260, le=262_144)
-    path: str | None = None
+    path: str | None = Field(default=None, max_length=MAX_PATH_CHARS)
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> TokenizerSpec:
@@ -108,12 +120,16 @@ class TokenizerSpec(_Strict):
         return self
 
 
+DATA_SUFFIXES = (".txt", ".jsonl")
+"""The files the ranks read training text from (workers.core.corpus)."""
+
+
 class DataSpec(_Strict):
     """Training text: a ``.txt`` or ``.jsonl`` file, or a corpus the project generates."""
 
     source: Literal["file", "generated"] = "file"
-    path: str | None = None
-    text_field: str = "text"
+    path: str | None = Field(default=None, max_length=MAX_PATH_CHARS)
+    text_field: str = Field(default="text", max_length=MAX_NAME_CHARS)
     seq_len: int = Field(default=128, ge=8, le=1_048_576)
     eval_fraction: float = Field(default=0.05, ge=0.0, lt=0.5)
     generated_documents: int = Field(default=4000, ge=10, le=10_000_000)
@@ -124,6 +140,10 @@ class DataSpec(_Strict):
             raise ValueError("data.path is required with source: file")
         if self.source == "generated" and self.path:
             raise ValueError("data.path is only for source: file; remove it or use source: file")
+        # Checked here, at submit, not first in the ranks: a wrong suffix fails every retry.
+        if self.path and not is_job_ref(self.path) and \
+                not self.path.endswith(DATA_SUFFIXES):
+            raise ValueError(f"data.path must name a {' or '.join(DATA_SUFFIXES)} file")
         return self
 
 
@@ -192,8 +212,8 @@ class ResourceSpec(_Strict):
     """Where and on how many devices: a pool or an accelerator type; a count, a range
     ``{min, max}`` or ``auto``."""
 
-    pool: str | None = None
-    accelerator: str | None = None
+    pool: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    accelerator: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     devices: int | Literal["auto"] | DeviceRange = "auto"
     priority: int = Field(default=0, ge=-1000, le=1000)
     max_attempts: int = Field(default=3, ge=1, le=100)
@@ -217,14 +237,6 @@ class ResourceSpec(_Strict):
         return (self.devices.min, self.devices.max) \
             if isinstance(self.devices, DeviceRange) else None
 
-
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-RESERVED_ENV_PREFIXES = ("CORRAL_", "TORCHELASTIC_")
-RESERVED_ENV_NAMES = frozenset({
-    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-    "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "PATH", "HOME",
-})
-"""Variables the backends set for the ranks themselves: a job may not override them."""
 
 SECRET_MASK = "<secret>"
 """What the API, ``corral show`` and events print instead of a secret env value."""
@@ -253,9 +265,9 @@ class JobSpec(_Strict):
     checkpoint: CheckpointSpec = CheckpointSpec()
     resources: ResourceSpec = ResourceSpec()
     seed: int = 0
-    tenant: str = "default"
+    tenant: str = Field(default="default", max_length=MAX_NAME_CHARS)
     deadline: str | None = Field(
-        default=None,
+        default=None, max_length=MAX_DEADLINE_CHARS,
         description="when the job must finish: an ISO 8601 time with its zone "
                     "('2026-12-01T18:00:00Z') or a duration after submission ('36h', '90m', "
                     "'2d'); the scheduler picks the cheapest plan that finishes in time")
@@ -274,12 +286,15 @@ class JobSpec(_Strict):
     @classmethod
     def _env_names(cls, value: dict[str, str | EnvEntry]) -> dict[str, str | EnvEntry]:
         for name in value:
-            if not ENV_NAME.match(name):
-                raise ValueError(f"env: {name!r} is not a variable name (letters, digits and _, "
-                                 f"not starting with a digit)")
-            if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
-                raise ValueError(f"env: {name} is set by Corral for the ranks; choose another "
-                                 f"name")
+            check_job_env_name(name)  # loader, interpreter and shell hooks are refused
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_sizes(cls, value: dict[str, str | EnvEntry]) -> dict[str, str | EnvEntry]:
+        # Bounds of scheduler.domain.spec_limits: a spec's env becomes every rank's environment.
+        check_env_sizes({name: entry.value if isinstance(entry, EnvEntry) else entry
+                         for name, entry in value.items()})
         return value
 
     def env_values(self) -> dict[str, str]:
@@ -327,6 +342,9 @@ class JobSpec(_Strict):
             if self.tokenizer.kind == "bpe":
                 raise ValueError("a finetune job reads text with its model's tokenizer; remove "
                                  "tokenizer (or use kind: model, path or byte), not bpe")
+            if self.data.path and not self.data.path.endswith(".jsonl"):
+                raise ValueError("data.path: a finetune job reads labeled records from a "
+                                 ".jsonl file (one object per line)")
         return self
 
     @model_validator(mode="before")
@@ -422,6 +440,16 @@ def secret_values(spec: dict[str, Any]) -> list[str]:
             if isinstance(entry, dict) and entry.get("secret", True) and entry.get("value")]
 
 
+def _shown(value: Any) -> str:
+    """A bad value as the error shows it: a map as ``{...}``, anything long cut short."""
+    if isinstance(value, dict):
+        return "{...}"
+    if isinstance(value, str) and len(value) > 60:
+        return f"{value[:40]!r}… ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}…"
+
+
 def _format_error(err: ValidationError) -> str:
     lines = []
     for item in err.errors():
@@ -432,11 +460,12 @@ def _format_error(err: ValidationError) -> str:
             lines.append(f"{loc}: unknown field; remove it or check its spelling")
         elif item["type"] == "missing":
             lines.append(f"{loc}: required field is missing")
+        elif msg.startswith(loc) and msg[len(loc):len(loc) + 1] in (":", ".", "["):
+            lines.append(msg)  # our own validator named the place (env.NAME: ...)
         elif loc.startswith("env."):
             lines.append(f"{loc}: {msg}")  # an env value may be a secret: never echo it
         else:
-            shown = repr(value) if not isinstance(value, dict) else "{...}"
-            lines.append(f"{loc}: {msg} (got {shown})")
+            lines.append(f"{loc}: {msg} (got {_shown(value)})")
     return "invalid job spec:\n  " + "\n  ".join(lines)
 
 
@@ -476,9 +505,15 @@ def resolve_paths(spec: JobSpec, base_dir: Path) -> JobSpec:
 
 
 def load_spec(text: str, base_dir: Path | None = None, source: str = "<spec>") -> JobSpec:
-    """Parse YAML text into a :class:`JobSpec`, with errors that point at the problem."""
+    """Parse YAML text into a :class:`JobSpec`, with errors that point at the problem.
+
+    The text is read within the bounds of :mod:`scheduler.domain.spec_yaml` (1 MiB, aliases
+    expanded to at most 100,000 values), so a hostile file fails fast instead of hanging.
+    """
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except YamlLimitError as err:
+        raise SpecError(f"{source}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -495,28 +530,28 @@ def load_spec_file(path: str | Path) -> JobSpec:
     file = Path(path)
     if not file.is_file():
         raise SpecError(f"job file {file} does not exist")
-    return load_spec(file.read_text(), base_dir=file.resolve().parent, source=str(file))
+    try:
+        with file.open("rb") as handle:
+            raw = handle.read(MAX_YAML_BYTES + 1)  # never more, whatever the file grows to
+    except OSError as err:
+        raise SpecError(f"{file}: cannot be read ({err.strerror}); check its "
+                        f"permissions") from None
+    try:
+        check_yaml_size(len(raw))
+        text = raw.decode("utf-8")
+    except YamlLimitError as err:
+        raise SpecError(f"{file}: {err}") from None
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{file}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                        f"{err.start}); a job file is YAML text, not a binary file") from None
+    return load_spec(text, base_dir=file.resolve().parent, source=str(file))
 
 
 def check_files_exist(spec: JobSpec) -> None:
     """Raise :class:`SpecError` for data, model or tokenizer paths that are not on disk.
 
     A ``pkg:`` reference must name an installed package's folder; a ``job:`` reference is left
-    to the scheduler, which replaces it by the folder of that job's export at submit.
+    to the scheduler, which replaces it by the folder of that job's export at submit. With
+    roots (server mode) use :func:`scheduler.domain.roots.check_spec_files`.
     """
-    checks = [("data.path", spec.data.path, "file"), ("model.path", spec.model.path, "dir"),
-              ("tokenizer.path", spec.tokenizer.path, "dir")]
-    for field, value, kind in checks:
-        if value is None:
-            continue
-        check_reference(field, value)
-        if is_job_ref(value):
-            continue
-        path = resolve_package_path(value, field) if is_package_ref(value) else Path(value)
-        ok = path.is_file() if kind == "file" else path.is_dir()
-        if not ok:
-            noun = "file" if kind == "file" else "directory"
-            raise SpecError(
-                f"{field}: {value} does not exist or is not a {noun}; fix the path "
-                f"(relative paths are resolved from the job file's folder)"
-            )
+    check_spec_files(spec, None)

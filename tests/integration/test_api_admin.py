@@ -99,7 +99,8 @@ def test_tenants_are_created_changed_and_listed(api: Api, admin: dict[str, str])
                           headers=admin)
     assert made.json() == {"name": "research", "cohort": "lab", "weight": 2.0,
                            "max_pending_jobs": 10, "submissions_per_minute": None,
-                           "max_priority": None}
+                           "max_priority": None, "job_user": None, "data_roots": None,
+                           "model_roots": None}
     # Fields left out stay; null clears.
     changed = api.client.put("/v1/tenants/research", json={"cohort": None, "max_priority": 7},
                              headers=admin).json()
@@ -107,7 +108,15 @@ def test_tenants_are_created_changed_and_listed(api: Api, admin: dict[str, str])
             changed["max_priority"]) == (None, 2.0, 10, 7)
     listed = api.client.get("/v1/tenants", headers=admin).json()["items"]
     assert [tenant["name"] for tenant in listed] == ["ops", "research"]
-    for bad in ({"weight": 0}, {"weight": -1.0}, {"max_priority": 5000}, {"color": "red"}):
+    trusted = api.client.put("/v1/tenants/research", json={
+        "job_user": "nobody", "data_roots": ["/datasets/research/"], "model_roots": []},
+        headers=admin).json()
+    assert (trusted["job_user"], trusted["data_roots"], trusted["model_roots"]) == \
+        ("nobody", ["/datasets/research"], [])
+    for bad in ({"weight": 0}, {"weight": -1.0}, {"max_priority": 5000}, {"color": "red"},
+                {"job_user": "no-such-user-here"}, {"job_user": "root; rm -rf /"},
+                {"data_roots": ["relative"]}, {"data_roots": ["/"]},
+                {"model_roots": ["/models/../etc"]}):
         assert error_of(api.client.put("/v1/tenants/research", json=bad, headers=admin)) == \
             (422, "invalid_request"), bad
     assert error_of(api.client.put("/v1/tenants/no%20spaces", json={}, headers=admin)) == \

@@ -1,5 +1,6 @@
 """``/metrics`` on SQLite: pending jobs per tenant, devices held per pool and tenant, the cycle's
-step durations, and how far step-time predictions were from what jobs measured."""
+step durations, and how far step-time predictions were from what jobs measured; an admin sees
+every tenant, a member only its own."""
 
 from __future__ import annotations
 
@@ -32,23 +33,37 @@ def _samples(api: Api, headers: dict[str, str]) -> dict[tuple[str, frozenset[tup
 
 
 def test_pending_jobs_and_allocated_devices_per_tenant(api: Api) -> None:
-    team_a, team_b = api.token("team-a"), api.token("team-b")
+    team_a, team_b, admin = api.token("team-a"), api.token("team-b"), api.token("ops", "admin")
     running = api.submit(team_a, resources__devices=2)
     api.submit(team_b)
     api.submit(team_b)
-    before = _samples(api, team_a)
+    before = _samples(api, admin)
     assert before[("corral_pending_jobs", frozenset({("tenant", "team-a")}))] == 1
     assert before[("corral_pending_jobs", frozenset({("tenant", "team-b")}))] == 2
     assert not [key for key in before if key[0] == "corral_allocated_devices"]
 
     report = api.service.tick()
     assert report.started == [running]
-    after = _samples(api, team_b)
+    after = _samples(api, admin)
     assert after[("corral_pending_jobs", frozenset({("tenant", "team-a")}))] == 0
     assert after[("corral_pending_jobs", frozenset({("tenant", "team-b")}))] == 2
     assert after[("corral_allocated_devices",
                   frozenset({("pool", "cpu"), ("tenant", "team-a")}))] == 2
     assert error_of(api.client.get("/metrics")) == (401, "unauthorized")
+
+
+def test_a_member_sees_only_its_own_tenants_jobs(api: Api) -> None:
+    team_a, team_b = api.token("team-a"), api.token("team-b")
+    running = api.submit(team_b, resources__devices=2)
+    api.submit(team_a)
+    assert api.service.tick().started == [running]
+    tenants = {name: {dict(labels).get("tenant") for sample, labels in _samples(api, team_a)
+                      if sample == name}
+               for name in ("corral_pending_jobs", "corral_allocated_devices")}
+    assert tenants == {"corral_pending_jobs": {"team-a"}, "corral_allocated_devices": set()}
+    theirs = _samples(api, team_b)
+    assert theirs[("corral_allocated_devices",
+                   frozenset({("pool", "cpu"), ("tenant", "team-b")}))] == 2
 
 
 def test_cycle_step_durations_from_observed_ticks(api: Api) -> None:

@@ -66,6 +66,7 @@ ADMIN_ROUTES = [
                            "nodes": 1, "devices_per_node": 8}),
     ("POST", "/v1/nodes/cpu-0/cordon", None), ("POST", "/v1/nodes/cpu-0/drain", None),
     ("POST", "/v1/nodes/cpu-0/uncordon", None),
+    ("GET", "/v1/admin/calibration", None), ("DELETE", "/v1/admin/calibration", None),
 ]
 
 

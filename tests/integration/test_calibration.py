@@ -1,4 +1,5 @@
-"""η recalibrated from the step times jobs report, and deadlines and budgets, on real databases."""
+"""η recalibrated from the step times jobs report (enough of them, weighed by run length, outliers
+rejected, each move bounded), and deadlines and budgets, on real databases."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from scheduler.cost.calibration import (
+    MAX_STEP_FACTOR,
+    MAX_WEIGHT,
+    MIN_STEP_REPORTS,
+    OUTLIER_FACTOR,
+)
 from scheduler.db import repo
 from scheduler.db.models import Calibration
 from scheduler.domain.errors import UnschedulableError
@@ -31,21 +38,29 @@ ONE_CPU_JOB = dict(resources__pool="cpu", resources__devices=1, batch__global_ba
                    data__seq_len=256, work__steps=1000)
 
 
-def _run_reporting(service: SchedulerService, fake_backend: FakeBackend, step_times: list[float],
-                   outcome: GangPhase = GangPhase.SUCCEEDED, job: dict | None = None,
-                   model: dict | None = None) -> int:
-    """Submit, admit and launch a job, let its rank 0 report ``step_times``, end it."""
+def _admit(service: SchedulerService, job: dict | None = None,
+           model: dict | None = None) -> int:
+    """Submit a job and admit and launch it; its id."""
     job_id = service.submit(make_spec(**(job or H100_JOB)), model or LLAMA_1B)
     service.tick()
-    run_dir = Path(service.describe(job_id)["run_dir"])
-    progress = run_dir / "progress.jsonl"
+    return job_id
+
+
+def _end_reporting(service: SchedulerService, fake_backend: FakeBackend, job_id: int,
+                   step_times: list[float], outcome: GangPhase = GangPhase.SUCCEEDED) -> None:
+    """Let the job's rank 0 report ``step_times`` (the first is start-up), then end it."""
+    progress = Path(service.describe(job_id)["run_dir"]) / "progress.jsonl"
     append_progress(progress, "start", step=0, total_steps=1000, attempt=1)
     for index, seconds in enumerate(step_times):
         append_progress(progress, "step", step=1 + 10 * index, loss=3.0, tokens_per_s=1.0,
                         step_time_s=seconds)
     fake_backend.finish(job_id, outcome, 0 if outcome is GangPhase.SUCCEEDED else 1)
     service.tick()
-    return job_id
+
+
+def _steps(startup_s: float, step_s: float, reports: int = MIN_STEP_REPORTS + 1) -> list[float]:
+    """A start-up report, then ``reports`` steps of ``step_s``: just enough to say something."""
+    return [startup_s, *([step_s] * reports)]
 
 
 def _prediction(service: SchedulerService, job_id: int) -> dict[str, float]:
@@ -55,6 +70,12 @@ def _prediction(service: SchedulerService, job_id: int) -> dict[str, float]:
     return prediction
 
 
+def _implied(prediction: dict[str, float], measured_s: float) -> float:
+    """η_observed = compute · η_used / (measured − other): the README's equation."""
+    other_s = prediction["step_time_s"] - prediction["compute_s"]
+    return prediction["compute_s"] * prediction["efficiency"] / (measured_s - other_s)
+
+
 def _rows(service: SchedulerService) -> list[Calibration]:
     with service.db.read() as session:
         rows = list(session.scalars(select(Calibration)))
@@ -62,53 +83,110 @@ def _rows(service: SchedulerService) -> list[Calibration]:
     return rows
 
 
+def _calibration_events(service: SchedulerService, job_id: int) -> list[dict]:
+    return [e for e in service.describe(job_id)["events"]
+            if e["reason"].startswith("calibration ")]
+
+
 def test_a_finished_job_recalibrates_eta_and_the_next_plan_predicts_what_it_measured(
         service: SchedulerService, fake_backend: FakeBackend) -> None:
-    # the first report (start-up) is left out; the median of the rest is 3 s per step
-    job_id = _run_reporting(service, fake_backend, [30.0, 2.9, 3.0, 3.1])
+    job_id = _admit(service)
     prediction = _prediction(service, job_id)
+    measured_s = 1.2 * prediction["step_time_s"]  # within the bound of one move
+    # the first report (start-up) is left out; the median of the rest is the measured step
+    _end_reporting(service, fake_backend, job_id,
+                   [30.0, measured_s * 0.97, measured_s, measured_s * 1.03, measured_s,
+                    measured_s, measured_s * 0.99])
     (row,) = _rows(service)
     assert (row.accelerator, row.strategy, row.kind) == ("H100-SXM", prediction["strategy"],
                                                          "pretrain")
-    assert row.observations == 1
-    other_s = prediction["step_time_s"] - prediction["compute_s"]
-    expected = prediction["compute_s"] * prediction["efficiency"] / (3.0 - other_s)
-    assert row.efficiency == pytest.approx(expected)
+    assert row.observations == 6  # the weight: six step reports after the start-up one
+    assert row.efficiency == pytest.approx(_implied(prediction, measured_s))
     assert row.efficiency != pytest.approx(prediction["efficiency"])
-    notes = [e["reason"] for e in service.describe(job_id)["events"]]
-    assert any(note.startswith("calibration H100-SXM/") and "measured 3e+03 ms" in note
-               for note in notes)
+    (event,) = _calibration_events(service, job_id)
+    assert event["reason"].startswith(f"calibration H100-SXM/{prediction['strategy']}: "
+                                      f"measured {measured_s * 1e3:.3g} ms/step over 6 report(s)")
+    assert event["detail"]["verdict"] == "folded"
 
-    # planning the same job again uses the measured η: the same plan now predicts 3 s
+    # planning the same job again uses the measured η: the same plan now predicts what ran
     report = plan_spec(service.db, make_spec(**H100_JOB), LLAMA_1B)
     same = [c for c in report.ranked + report.rejected
             if c.pool == "h100" and c.plan.strategy.value == prediction["strategy"]
             and c.efficiency == pytest.approx(row.efficiency)]
     assert same, "no candidate was planned with the calibrated efficiency"
-    assert any(c.step_time_s == pytest.approx(3.0, rel=1e-9) for c in same)
+    assert any(c.step_time_s == pytest.approx(measured_s, rel=1e-9) for c in same)
 
 
-def test_eta_is_a_running_mean_over_jobs_and_failed_attempts_count(
+def test_eta_is_a_weighted_mean_over_jobs_and_failed_attempts_count(
         service: SchedulerService, fake_backend: FakeBackend) -> None:
     # one device: every job runs the same (single) strategy, so both land in one row
-    _run_reporting(service, fake_backend, [9.0, 3.0, 3.0, 3.0], job=ONE_CPU_JOB,
-                   model=LLAMA_SMALL)
+    first_job = _admit(service, ONE_CPU_JOB, LLAMA_SMALL)
+    first_s = 1.1 * _prediction(service, first_job)["step_time_s"]
+    _end_reporting(service, fake_backend, first_job, _steps(9.0, first_s))
     first = _rows(service)[0].efficiency
-    second_job = _run_reporting(service, fake_backend, [9.0, 6.0, 6.0, 6.0], GangPhase.FAILED,
-                                job=ONE_CPU_JOB, model=LLAMA_SMALL)
+    # the second reports twice as many steps: its η weighs twice as much
+    second_job = _admit(service, ONE_CPU_JOB, LLAMA_SMALL)
+    prediction = _prediction(service, second_job)
+    assert prediction["efficiency"] == pytest.approx(first)  # planned with the first's η
+    second_s = 1.3 * prediction["step_time_s"]
+    _end_reporting(service, fake_backend, second_job,
+                   _steps(9.0, second_s, 2 * (MIN_STEP_REPORTS + 1)), GangPhase.FAILED)
     (row,) = _rows(service)
     assert (row.accelerator, row.strategy) == ("cpu", "single")
-    prediction = _prediction(service, second_job)
-    other_s = prediction["step_time_s"] - prediction["compute_s"]
-    observed = prediction["compute_s"] * prediction["efficiency"] / (6.0 - other_s)
-    assert row.observations == 2
-    assert row.efficiency == pytest.approx((first + observed) / 2)
+    assert row.observations == 3 * (MIN_STEP_REPORTS + 1)
+    assert row.efficiency == pytest.approx((first + 2 * _implied(prediction, second_s)) / 3)
 
 
-def test_too_few_reports_leave_eta_alone(service: SchedulerService,
-                                         fake_backend: FakeBackend) -> None:
-    _run_reporting(service, fake_backend, [9.0, 3.0])  # one report after the start-up one
+def test_too_few_reports_leave_eta_alone_and_say_so(service: SchedulerService,
+                                                    fake_backend: FakeBackend) -> None:
+    job_id = _admit(service)
+    slow_s = 30 * _prediction(service, job_id)["step_time_s"]
+    # one report short of the minimum: the 3-step job of the incident said as much as this
+    _end_reporting(service, fake_backend, job_id, _steps(9.0, slow_s, MIN_STEP_REPORTS - 1))
     assert _rows(service) == []
+    (event,) = _calibration_events(service, job_id)
+    assert f"{MIN_STEP_REPORTS - 1} step report(s) after the first, {MIN_STEP_REPORTS} needed" \
+        in event["reason"]
+    assert event["detail"]["verdict"] == "too_few"
+
+
+def test_a_fresh_key_moves_from_the_prior_by_at_most_the_bound(
+        service: SchedulerService, fake_backend: FakeBackend) -> None:
+    job_id = _admit(service)
+    prediction = _prediction(service, job_id)
+    prior = prediction["efficiency"]
+    # 30× slower than predicted: a loaded machine, not the hardware
+    _end_reporting(service, fake_backend, job_id, _steps(9.0, 30 * prediction["step_time_s"]))
+    (row,) = _rows(service)
+    assert row.efficiency == pytest.approx(prior / MAX_STEP_FACTOR)
+    (event,) = _calibration_events(service, job_id)
+    assert event["detail"]["verdict"] == "bounded"
+    assert event["detail"]["observed_efficiency"] < prior / OUTLIER_FACTOR
+
+
+def test_an_outlier_against_a_settled_eta_is_rejected_and_recorded(
+        service: SchedulerService, fake_backend: FakeBackend) -> None:
+    prior = _prediction(service, _admit(service))["efficiency"]
+    with service.db.write() as session:
+        session.add(Calibration(accelerator="H100-SXM", strategy="ddp", kind="pretrain",
+                                efficiency=prior, observations=MAX_WEIGHT))
+    job_id = _admit(service)
+    prediction = _prediction(service, job_id)
+    assert (prediction["strategy"], prediction["efficiency"]) == ("ddp", pytest.approx(prior))
+    _end_reporting(service, fake_backend, job_id, _steps(9.0, 30 * prediction["step_time_s"]))
+    (row,) = _rows(service)
+    assert (row.efficiency, row.observations) == (pytest.approx(prior), MAX_WEIGHT)
+    (event,) = _calibration_events(service, job_id)
+    observed = _implied(prediction, 30 * prediction["step_time_s"])
+    assert event["detail"] == pytest.approx({
+        "verdict": "rejected", "measured_step_time_s": 30 * prediction["step_time_s"],
+        "step_reports": MIN_STEP_REPORTS + 1, "observed_efficiency": observed,
+        "previous_efficiency": prior, "previous_weight": MAX_WEIGHT, "efficiency": prior,
+        "weight": MAX_WEIGHT})
+    assert f"observed η {observed:.3g} is {prior / observed:.3g}× off the estimate " \
+           f"{prior:.3g} (weight {MAX_WEIGHT}): more than 4×, rejected as an outlier" \
+           in event["reason"]
+    assert event["reason"].endswith(f"η {prior:.3g} left alone")
 
 
 def test_a_deadline_no_plan_can_meet_is_refused_at_submit(service: SchedulerService) -> None:

@@ -18,7 +18,6 @@ from workers.backends.base import GangPhase, GangStatus
 from workers.backends.local import LocalBackend
 from workers.protocol import EXIT_PREEMPTED, LaunchRequest
 
-RANK_PROGRAMS = Path(__file__).parent / "rank_programs"
 STARTUP_TIMEOUT_S = 30.0
 """torchrun plus two ranks importing torch take ~3 s on 2 idle cores; allow for a busy CI box."""
 
@@ -59,8 +58,7 @@ def launch(tmp_path: Path, world_size: int = 2, **behaviour: Any) -> Gang:
         world_size=world_size,
         job_file=str(job_file),
         log_path=str(tmp_path / "logs" / "gang.log"),
-        module="gang_rank",
-        env={"PYTHONPATH": str(RANK_PROGRAMS)},
+        module="tests.integration.rank_programs.gang_rank",
     )
     backend = LocalBackend()
     return Gang(backend, backend.launch(request), marker_dir, world_size)

@@ -6,14 +6,10 @@ command is the real `corral` entry point with CORRAL_SERVER / CORRAL_TOKEN or a 
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import stat
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,96 +27,19 @@ from scheduler.domain.errors import CorralError
 from scheduler.replica import Replica
 from scheduler.service import SchedulerService
 from tests.builders import spec_dict
-from tests.pg_server import free_port
+from tests.server_process import (
+    CORRAL,
+    cli_env,
+    corral,
+    db_url,
+    issued_token,
+    ok,
+    processes,
+    start_server,
+    wait_for,
+)
 
-CORRAL = str(Path(sys.executable).parent / "corral")
-READY_TIMEOUT_S = 60.0
-TOKEN = re.compile(r"^crl_\S+$", re.MULTILINE)
-
-
-def cli_env(tmp_path: Path, **variables: str) -> dict[str, str]:
-    """The environment of a user's shell: no Corral variables but these, no config file."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-    env.update({"CORRAL_HOME": str(tmp_path / "cli-home"),
-                "CORRAL_CONFIG": str(tmp_path / "no-config.yaml"), **variables})
-    return env
-
-
-def corral(env: dict[str, str], *args: str, stdin: str | None = None,
-           timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CORRAL, *args], env=env, input=stdin, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
-
-
-def ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def issued_token(done: subprocess.CompletedProcess[str]) -> str:
-    out = ok(done)
-    assert "cannot be shown again" in out
-    found = TOKEN.search(out)
-    assert found, out
-    return found.group(0)
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def stop(self) -> int:
-        """SIGTERM, as a service manager stops it; the exit status."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-
-def start_server(tmp_path: Path, db_url: str, *options: str, host: str = "127.0.0.1",
-                 ready: bool = True) -> Server:
-    port = free_port()
-    log = tmp_path / f"server-{port}.log"
-    env = cli_env(tmp_path, CORRAL_HOME=str(tmp_path / "server-home"), CORRAL_LOCAL_DEVICES="2")
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [CORRAL, "server", "--host", host, "--port", str(port), "--database-url", db_url,
-             "--tick-interval-s", "0.3", *options], env=env, stdout=sink,
-            stderr=subprocess.STDOUT)
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while ready:
-        if process.poll() is not None:
-            pytest.fail(f"corral server exited {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"corral server not ready after {READY_TIMEOUT_S} s:\n{log.read_text()}")
-        time.sleep(0.1)
-    return server
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'server.db'}"
-    return str(request.getfixturevalue("postgres_db_url"))
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Servers and runs a test starts; any still running at its end is killed."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-
+__all__ = ["db_url", "processes"]  # fixtures
 
 def write_job(folder: Path, name: str, **overrides: object) -> Path:
     """A job file whose corpus is a file next to it, named by a relative path."""
@@ -157,19 +76,16 @@ def run_in_background(env: dict[str, str], job: Path, log: Path) -> BackgroundRu
     return BackgroundRun(process, log, int(found.group(1)))
 
 
-def wait_for(check: object, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
 
 def test_a_team_shares_one_server_through_the_cli(
         db_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]) -> None:
     ok(corral(cli_env(tmp_path), "db", "upgrade", "--url", db_url))
     admin_token = issued_token(corral(cli_env(tmp_path, CORRAL_DATABASE_URL=db_url), "admin",
                                       "token", "issue", "--tenant", "ops", "--role", "admin"))
-    server = start_server(tmp_path, db_url)
+    # The jobs' files lie in pytest's 0700 folder, which only root may enter: the operator says
+    # explicitly that jobs run as root here (tests/security runs them as nobody).
+    server = start_server(tmp_path, db_url, CORRAL_JOB_USER="root",
+                          CORRAL_DATA_ROOTS=str(tmp_path))
     processes.append(server.process)
     admin = cli_env(tmp_path, CORRAL_SERVER=server.url, CORRAL_TOKEN=admin_token)
     with CorralClient(server.url, admin_token) as sdk:  # set-up through the SDK: fewer processes

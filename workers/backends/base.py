@@ -31,6 +31,9 @@ class GangStatus:
     exit_code: int | None = None
     reason: str = ""
     """Why it ended, in words for ``corral show`` ("rank 1 killed by SIGKILL")."""
+    retryable: bool = True
+    """False for a failure that would repeat on every attempt (the ranks found the spec wrong,
+    the kernel refused the launch's arguments): the job fails without a retry."""
 
 
 class Backend(Protocol):

@@ -20,6 +20,7 @@ SIGKILLed, ranks included, since a signal to torchrun's group does not reach the
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -32,8 +33,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler.domain.errors import BackendError
+from scheduler.domain.errors import BackendError, LaunchRefusedError
 from workers.backends.base import GangPhase, GangStatus
+from workers.backends.environment import rank_environment, service_environment
 from workers.backends.local_supervisor import (
     GANG_ENV,
     gang_pids,
@@ -42,7 +44,7 @@ from workers.backends.local_supervisor import (
     signal_gang,
     write_json_atomic,
 )
-from workers.protocol import EXIT_PREEMPTED, LaunchRequest
+from workers.protocol import EXIT_PREEMPTED, EXIT_SPEC_ERROR, LaunchRequest
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ _KILL_WAIT_S = 5.0
 _WAIT_STEP_S = 0.05
 _ERROR_LINES = 3
 _TORCHRUN_FLAGS = ("--standalone", "--nnodes", "1", "--max-restarts", "0")
+_TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EINTR})
+"""Errors starting torchrun that a later attempt may not meet (fork under memory pressure)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,28 +102,45 @@ class LocalBackend:
         self.python = python
 
     def launch(self, request: LaunchRequest) -> str:
-        """Start the supervisor, which starts torchrun; return the gang's handle."""
+        """Start the supervisor, which starts torchrun; return the gang's handle.
+
+        The log's folder belongs to the service (the ranks cannot write there); the ranks run
+        in ``request.run_dir`` as ``request.identity`` with an environment built from an
+        allowlist (:mod:`workers.backends.environment`). The supervisor's instructions go in a
+        private file next to the log, not on a command line that every user's ``ps`` shows."""
         if request.nodes != 1 or request.world_size < 1:
             raise BackendError(
                 f"the local backend runs 1 node with >= 1 rank; got nodes={request.nodes}, "
                 f"world_size={request.world_size}"
             )
         log_path = Path(request.log_path)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         exit_path, cancel_path = Path(f"{log_path}.exit.json"), Path(f"{log_path}.cancel.json")
         # A relaunch may reuse the log path: stale records would end the new gang at once.
         exit_path.unlink(missing_ok=True)
         cancel_path.unlink(missing_ok=True)
         log_offset = log_path.stat().st_size if log_path.exists() else 0
         gang_id = uuid.uuid4().hex
+        try:
+            ranks = self._rank_environment(request, gang_id)
+        except ValueError as error:
+            raise LaunchRefusedError(str(error)) from None
+        identity = request.identity
         spec = {
             "command": self._torchrun_command(request),
             "log_path": str(log_path),
             "log_offset": log_offset,
             "exit_path": str(exit_path),
             "gang_id": gang_id,
+            "env": ranks,
+            "cwd": request.run_dir or None,
+            "uid": identity.uid if identity else None,
+            "gid": identity.gid if identity else None,
         }
-        started = self._start_supervisor(spec, self._environment(request, gang_id))
+        spec_path = Path(f"{log_path}.launch.json")
+        write_json_atomic(spec_path, spec)
+        environment = {**service_environment(os.environ, self.python), GANG_ENV: gang_id}
+        started = self._start_supervisor(spec_path, environment)
         return _Gang(
             pid=started["pid"],
             start_ticks=started["start_ticks"],
@@ -226,22 +247,21 @@ class LocalBackend:
         program = ["-m", request.module, request.job_file]
         return [self.python, "-m", "torch.distributed.run", *_TORCHRUN_FLAGS, *ranks, *program]
 
-    def _environment(self, request: LaunchRequest, gang_id: str) -> dict[str, str]:
-        env = {**os.environ, **request.env, GANG_ENV: gang_id}
+    def _rank_environment(self, request: LaunchRequest, gang_id: str) -> dict[str, str]:
+        identity = request.identity
+        env = rank_environment(os.environ, request.env, home=request.run_dir or os.getcwd(),
+                               python=self.python,
+                               user=identity.name if identity is not None else None)
+        env[GANG_ENV] = gang_id
         devices = [index for indexes in request.devices.values() for index in indexes]
-        if devices and "CUDA_VISIBLE_DEVICES" not in request.env:
+        if devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in devices)
-        # From a source checkout the supervisor and the ranks must import the project too.
-        root = Path(__file__).resolve().parents[2]
-        paths = [path for path in env.get("PYTHONPATH", "").split(os.pathsep) if path]
-        if (root / "pyproject.toml").exists() and str(root) not in paths:
-            env["PYTHONPATH"] = os.pathsep.join([*paths, str(root)])
         return env
 
-    def _start_supervisor(self, spec: dict[str, Any], env: dict[str, str]) -> dict[str, int]:
+    def _start_supervisor(self, spec_path: Path, env: dict[str, str]) -> dict[str, int]:
         # The starter forks the supervisor and exits at once, so the supervisor is nobody's
         # child here: no zombie to reap, and it is reached the same way after a restart.
-        command = [self.python, "-m", "workers.backends.local_supervisor", json.dumps(spec)]
+        command = [self.python, "-m", "workers.backends.local_supervisor", str(spec_path)]
         try:
             done = subprocess.run(
                 command,
@@ -272,6 +292,16 @@ def _ended_status(gang: _Gang, record: dict[str, Any]) -> GangStatus:
     errors = "; ".join(record["error_lines"])
     if torchrun_code == 0:
         return GangStatus(GangPhase.SUCCEEDED, 0, "all ranks exited 0")
+    launch_error = record.get("launch_error")
+    if launch_error:
+        transient = launch_error.get("errno") in _TRANSIENT_ERRNOS
+        return GangStatus(GangPhase.FAILED, 1, f"could not start the ranks: "
+                          f"{launch_error.get('message')}", retryable=transient)
+    if EXIT_SPEC_ERROR in ranks.values():
+        rank = min(r for r, code in ranks.items() if code == EXIT_SPEC_ERROR)
+        reason = f"rank {rank} found the job's spec or files wrong"
+        return GangStatus(GangPhase.FAILED, EXIT_SPEC_ERROR,
+                          f"{reason}: {errors}" if errors else reason, retryable=False)
     if _preempted(ranks, gang.world_size):
         reason = f"all {gang.world_size} ranks exited {EXIT_PREEMPTED} after checkpointing"
         return GangStatus(GangPhase.PREEMPTED, EXIT_PREEMPTED, reason)

@@ -1,6 +1,6 @@
 """The local backend's supervisor: runs one gang's ``torchrun`` and records how it ended.
 
-``python -m workers.backends.local_supervisor SPEC_JSON`` forks the supervisor into a session
+``python -m workers.backends.local_supervisor SPEC_FILE`` forks the supervisor into a session
 of its own, prints ``{"pid", "start_ticks"}`` and exits, so the supervisor is nobody's child
 in the scheduler. The supervisor runs torchrun in its own process group, with stdout and
 stderr on the gang's log, then writes the *exit record* (JSON, atomically) that
@@ -103,9 +103,12 @@ def signal_gang(gang_id: str, signum: signal.Signals) -> list[int]:
 
 
 def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
-    """Write, then rename: a reader sees the whole record or none of it."""
+    """Write owner-only, then rename: a reader sees the whole record or none of it."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value))
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(value))
     os.replace(tmp, path)
 
 
@@ -120,12 +123,25 @@ def supervise(spec: dict[str, Any]) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, remember)
-    print(f"corral: starting {' '.join(spec['command'])}", flush=True)
+    uid, gid = spec.get("uid"), spec.get("gid")
+    who = f" as uid {uid} gid {gid}" if uid is not None else ""
+    print(f"corral: starting {' '.join(spec['command'])}{who}", flush=True)
+    launch_error = None
     if signals:
         torchrun_code = -signals[0]  # cancelled before torchrun started
     else:
-        torchrun = subprocess.Popen(spec["command"], stdin=subprocess.DEVNULL)
-        torchrun_code = torchrun.wait()
+        try:
+            # The ranks' identity is dropped to before torchrun runs a line: no supplementary
+            # group of the service's, and files they create are their own only (umask 077).
+            torchrun = subprocess.Popen(
+                spec["command"], stdin=subprocess.DEVNULL, env=spec.get("env"),
+                cwd=spec.get("cwd"), user=uid, group=gid,
+                extra_groups=[] if uid is not None else None, umask=0o077)
+            torchrun_code = torchrun.wait()
+        except OSError as error:  # E2BIG, a missing interpreter, a folder it may not enter
+            launch_error = {"errno": error.errno, "message": f"{type(error).__name__}: {error}"}
+            print(f"corral: cannot start torchrun: {launch_error}", flush=True)
+            torchrun_code = 1
     leftovers = signal_gang(spec["gang_id"], signal.SIGKILL)
     with open(spec["log_path"], "rb") as log:
         size = os.fstat(log.fileno()).st_size
@@ -136,6 +152,7 @@ def supervise(spec: dict[str, Any]) -> int:
         **parse_torchrun_log(text),
         "leftovers_killed": len(leftovers),
         "ended_at": time.time(),
+        "launch_error": launch_error,
     }
     print(f"corral: torchrun exited {torchrun_code}; killed {len(leftovers)} leftovers", flush=True)
     write_json_atomic(Path(spec["exit_path"]), record)
@@ -143,13 +160,17 @@ def supervise(spec: dict[str, Any]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """Fork the supervisor into its own session, print its pid and start time, and return."""
-    spec = json.loads(argv[1])
+    """Fork the supervisor into its own session, print its pid and start time, and return.
+
+    ``argv[1]`` is the private file that holds the supervisor's instructions."""
+    spec = json.loads(Path(argv[1]).read_text())
+    Path(argv[1]).unlink()  # it holds the job's secret env values: not one moment longer
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
         os.setsid()
-        log = os.open(spec["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log = os.open(spec["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                      0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(log, 1)

@@ -1,7 +1,9 @@
 """Entry point of every rank: ``python -m workers.jobs.run JOB_FILE`` (started by torchrun).
 
 Exit status: 0 when the job finished, ``EXIT_PREEMPTED`` (75) when it stopped on SIGTERM after
-a complete checkpoint, 2 for a wrong command line, and 1 for any error (Python's status for an
+a complete checkpoint, ``EXIT_SPEC_ERROR`` (78) when the spec or the files it names are wrong
+(outside the tenant's roots, unreadable, malformed: no retry helps), 2 for a wrong command
+line, and 1 for any other error (Python's status for an
 uncaught exception, whose traceback goes to the rank's log).
 
 Under torchrun only the ranks' statuses carry this meaning: torchrun itself exits 1 whenever a
@@ -15,13 +17,14 @@ import logging
 import sys
 from collections.abc import Callable
 
-from scheduler.domain.errors import CorralError
+from scheduler.domain.errors import CorralError, SpecError
 from scheduler.domain.plan import Plan
+from scheduler.domain.roots import AllowedRoots, check_spec_files
 from scheduler.domain.spec import JobKind, JobSpec, parse_spec
 from workers.core.distributed import DistContext, init_distributed, shutdown_distributed
 from workers.core.preemption import StopRequest
 from workers.core.trainer import TrainResult
-from workers.protocol import EXIT_PREEMPTED, JobFile
+from workers.protocol import EXIT_PREEMPTED, EXIT_SPEC_ERROR, JobFile
 
 JobRunner = Callable[[JobFile, JobSpec, Plan, DistContext, StopRequest], TrainResult]
 
@@ -69,13 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     # First of all, so that a SIGTERM during start-up also ends in a checkpoint, not a kill.
     stop = StopRequest().install()
     job = JobFile.read(args[0])
-    spec = parse_spec(job.spec)
+    try:
+        spec = parse_spec(job.spec)
+        if job.allowed_roots is not None:  # checked again here, where the files are read
+            check_spec_files(spec, AllowedRoots.from_dict(job.allowed_roots), spec.tenant)
+    except SpecError as err:
+        print(f"SpecError: {err}", file=sys.stderr, flush=True)
+        return EXIT_SPEC_ERROR
     plan = Plan.from_dict(job.plan)
     run = runner_for(spec.kind)
     ctx = init_distributed()
     _configure_logging(ctx.rank)
     try:
         result = run(job, spec, plan, ctx, stop)
+    except SpecError as err:
+        # The data or model the spec names is wrong: every retry would fail the same way.
+        print(f"SpecError: {err}", file=sys.stderr, flush=True)
+        return EXIT_SPEC_ERROR
     finally:
         shutdown_distributed()
     return EXIT_PREEMPTED if result.outcome == "preempted" else 0
