@@ -34,6 +34,10 @@ MIN_TTL_TICKS = 3
 shorter than a few ticks would lapse between renewals at the slightest delay."""
 
 
+FAILING_AFTER_STEPS = 3
+"""Failed steps in a row after which the replica is not ready: one hiccup is not an outage."""
+
+
 class Replica:
     """Lead the scheduling cycle of ``service`` while holding lease ``name`` as ``holder``."""
 
@@ -59,6 +63,10 @@ class Replica:
         self.on_tick = on_tick
         self.clock = clock
         self._fence: Fence | None = None
+        self.failed_steps = 0
+        """Steps in a row that raised; reset by the next one that completes."""
+        self.last_error = ""
+        """What the latest failed step raised, on one line."""
 
     @property
     def is_leader(self) -> bool:
@@ -66,6 +74,14 @@ class Replica:
         found lost since, and that has not run out."""
         fence = self._fence
         return fence is not None and fence.expires_at > self.clock()
+
+    @property
+    def failing(self) -> str | None:
+        """Why this replica's loop is failing (its last :data:`FAILING_AFTER_STEPS` steps
+        raised), or None while it works: the readiness probe reports it."""
+        if self.failed_steps < FAILING_AFTER_STEPS:
+            return None
+        return f"the scheduler loop failed {self.failed_steps} steps in a row: {self.last_error}"
 
     @property
     def epoch(self) -> int | None:
@@ -106,7 +122,10 @@ class Replica:
                 started = time.monotonic()
                 try:
                     self.step()
-                except Exception:
+                    self.failed_steps = 0
+                except Exception as err:
+                    self.failed_steps += 1
+                    self.last_error = " ".join(f"{type(err).__name__}: {err}".split())[:500]
                     log.exception("%s: scheduler step failed; trying again in %.3g s",
                                   self.holder, self.tick_interval_s)
                 stop.wait(max(0.0, self.tick_interval_s - (time.monotonic() - started)))

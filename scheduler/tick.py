@@ -20,11 +20,12 @@ and its tick ends with :class:`StaleLeaderError` (docs/replicas.md).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,6 +58,11 @@ from workers.protocol import JobFile, JobIdentity, LaunchRequest
 
 log = logging.getLogger("corral.tick")
 
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+HOLD_S = 30.0
+"""Seconds a job whose launch met a full disk waits before it is admitted again."""
+
+
 class _NotWanted(Exception):
     """A launched gang whose job moved on meanwhile (cancelled, or taken back)."""
 
@@ -87,6 +93,9 @@ class Ticker(Reconciler):
         self.switches = {"preemption": preemption, "backfill": backfill, "moldable": moldable}
         self._spec_cache: dict[int, JobSpec] = {}
         """Parsed specs of pending jobs, kept between ticks (a spec never changes)."""
+        self._held: dict[int, tuple[float, str]] = {}
+        """Jobs whose launch met a full disk: job id -> (timer value until which the cycle's
+        admissions of it are dropped, the reason shown as its pending reason)."""
 
 
     def tick(self, fence: Fence | None = None) -> TickReport:
@@ -112,6 +121,7 @@ class Ticker(Reconciler):
         report.step_seconds["3_cycle"] = self.timer() - mark
 
         mark = self.timer()
+        result = self._without_held(result)
         admitted = self._commit(result, fence)
         report.admitted = [a.job_id for a in admitted]
         report.pending = result.pending_reasons
@@ -125,6 +135,20 @@ class Ticker(Reconciler):
         report.step_seconds["5_dispatch"] = self.timer() - mark
         log.debug("tick %s", report.step_seconds)
         return report
+
+    def _without_held(self, result: CycleResult) -> CycleResult:
+        """The cycle's result less the admissions of held jobs (their devices stay free this
+        tick, which only ever leaves room), with the hold as their pending reason."""
+        now = self.timer()
+        self._held = {job: hold for job, hold in self._held.items() if hold[0] > now}
+        if not self._held:
+            return result
+        held = {a.job_id for a in result.admissions if a.job_id in self._held}
+        reasons = {**result.pending_reasons,
+                   **{job: self._held[job][1] for job in held}}
+        return replace(result, admissions=tuple(a for a in result.admissions
+                                                if a.job_id not in held),
+                       pending_reasons=reasons)
 
     def _commit(self, result: CycleResult, fence: Fence | None = None) -> list[Admission]:
         admitted: list[Admission] = []
@@ -226,6 +250,15 @@ class Ticker(Reconciler):
                 if job.state != JobState.ADMITTED.value or job.attempts != attempt:
                     return False  # cancelled meanwhile: nothing is left to fail
                 repo.release(session, job)
+                if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+                    # Not the job's fault and no attempt spent: hold it until space returns.
+                    job.attempts -= 1
+                    reason = (f"held: no space left for its files ({err}); tried again every "
+                              f"{HOLD_S:.0f} s")
+                    repo.transition(session, job, JobState.PENDING, reason)
+                    job.pending_reason = reason
+                    self._held[job.id] = (self.timer() + HOLD_S, reason)
+                    return False
                 repo.transition(session, job, JobState.FAILED, f"launch failed: {err}")
                 self._maybe_retry(session, job, not isinstance(err, LaunchRefusedError))
             return False

@@ -27,11 +27,15 @@ def healthz() -> dict[str, Any]:
 
 @router.get("/readyz", response_model=Ready, responses=errors())
 def readyz(request: Request, service: ServiceDep) -> dict[str, Any]:
-    """Readiness: the database answers and its schema is the one this server expects."""
+    """Readiness: the database answers, its schema is the one this server expects, and this
+    replica's scheduler loop is not failing tick after tick."""
     ready = readiness(service.db)
     if not ready.ready:
         raise Unavailable(ready.problem)
     replica = getattr(request.app.state, "replica", None)
+    failing = replica.failing if replica is not None else None
+    if failing:
+        raise Unavailable(failing)  # a balancer sends no more work to a replica that fails
     leader = bool(replica.is_leader) if replica is not None else None
     return {"status": "ready", "database": "ok", "schema": ready.revision, "leader": leader}
 

@@ -190,6 +190,9 @@ def transition(session: Session, job: Job, target: JobState, reason: str,
         job.finished_at = now
     if target is JobState.PENDING:
         job.finished_at = None
+        # Each attempt owns its gang: a requeued job must not be polled through the handle
+        # of the gang that ended, or its next attempt would "end" before it starts.
+        job.backend_handle = None
     event = JobEvent(job_id=job.id, time=now, from_state=current.value, to_state=target.value,
                      reason=reason, detail=detail)
     session.add(event)

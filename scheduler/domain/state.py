@@ -31,6 +31,8 @@ TRANSITIONS: dict[tuple[JobState, JobState], str] = {
     (JobState.ADMITTED, JobState.FAILED): "the backend could not launch the ranks",
     (JobState.ADMITTED, JobState.CANCELLED): "cancelled before its ranks started",
     (JobState.ADMITTED, JobState.PREEMPTED): "preempted before its ranks started",
+    (JobState.ADMITTED, JobState.PENDING): "held: its launch met a condition that passes "
+                                          "(no space left for its files); admitted again later",
     (JobState.RUNNING, JobState.SUCCEEDED): "all ranks exited 0",
     (JobState.RUNNING, JobState.FAILED): "a rank failed or died",
     (JobState.RUNNING, JobState.CANCELLED): "cancelled while running",

@@ -3,6 +3,8 @@ code), and a loopback server without tokens acting as admin of tenant ``default`
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +16,7 @@ from api.app import create_app
 from api.settings import Settings
 from scheduler.db.migrate import head_revision, upgrade
 from scheduler.db.session import Database
+from scheduler.replica import FAILING_AFTER_STEPS, Replica
 from tests.builders import spec_dict
 from tests.integration.api_support import error_of, sqlite_api
 
@@ -24,8 +27,33 @@ def test_health_and_readiness(tmp_path: Path) -> None:
         ready = api.client.get("/readyz")
         assert ready.json() == {"status": "ready", "database": "ok",
                                 "schema": head_revision(), "leader": None}
-        api.app.state.replica = SimpleNamespace(is_leader=True)
+        api.app.state.replica = SimpleNamespace(is_leader=True, failing=None)
         assert api.client.get("/readyz").json()["leader"] is True
+
+
+def test_a_replica_whose_loop_keeps_failing_is_not_ready(tmp_path: Path) -> None:
+    with sqlite_api(tmp_path) as api:
+        replica = Replica(api.service, "replica-1", ttl_s=1.0, tick_interval_s=0.01)
+        api.app.state.replica = replica
+
+        def full_disk(fence: object = None) -> None:
+            raise OSError(28, "No space left on device")
+
+        api.service.tick = full_disk  # type: ignore[method-assign]
+        stop = threading.Event()
+        loop = threading.Thread(target=replica.run, args=(stop,))
+        loop.start()
+        try:
+            deadline = time.monotonic() + 30
+            while replica.failed_steps < FAILING_AFTER_STEPS:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            answer = api.client.get("/readyz")
+        finally:
+            stop.set()
+            loop.join(30)
+        assert error_of(answer) == (503, "unavailable")
+        assert "No space left on device" in answer.json()["error"]["message"]
 
 
 def test_not_ready_on_a_schema_behind_the_code(tmp_path: Path) -> None:

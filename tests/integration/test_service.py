@@ -94,6 +94,29 @@ def test_progress_is_ingested_and_failure_retries_from_checkpoint(
     assert JobFile.read(second.job_file).resume_from == str(checkpoint)
 
 
+def test_a_requeued_job_forgets_the_gang_of_its_last_attempt(
+    service: SchedulerService, fake_backend: FakeBackend
+) -> None:
+    job_id = service.submit(make_spec(resources__pool="cpu", resources__devices=1))
+    service.tick()
+    fake_backend.finish(job_id, GangPhase.FAILED, 1, "rank 0 exited 1")
+    fake_backend.fail_launch = True  # the retry waits ADMITTED-free, as after a lost dispatch
+    with service.db.write() as session:
+        job = repo.get_job(session, job_id, lock=True)
+        assert job.backend_handle == f"fake:{job_id}:1"
+    service._reconcile()
+    with service.db.read() as session:
+        job = repo.get_job(session, job_id)
+        assert (job.state, job.backend_handle) == (JobState.PENDING.value, None)
+    fake_backend.fail_launch = False
+    service.tick()
+    service.tick()  # the old gang is not polled again: the second attempt keeps running
+    assert service.job_state(job_id) is JobState.RUNNING
+    assert fake_backend.launched[-1].attempt == 2
+    reasons = [event["reason"] for event in service.describe(job_id)["events"]]
+    assert not any("unknown gang" in reason for reason in reasons)
+
+
 def test_gives_up_after_max_attempts(service: SchedulerService, fake_backend: FakeBackend) -> None:
     job_id = service.submit(make_spec(resources__pool="cpu", resources__max_attempts=2))
     for _ in range(2):

@@ -38,6 +38,7 @@ GANG_ENV = "CORRAL_GANG_ID"
 
 _LOG_TAIL_BYTES = 256 * 1024
 _ERROR_LINES = 3
+_ERROR_LINE_CHARS = 1000
 _FAILURE_RE = re.compile(r"^\s*rank\s*:\s*(\d+)\s.*\n\s*exitcode\s*:\s*(-?\d+)", re.MULTILINE)
 _ROOT_CAUSE_RE = re.compile(
     r"Root Cause \(first observed failure\):\s*\n\[\d+\]:\s*\n(?:.*\n)*?\s*rank\s*:\s*(\d+)"
@@ -55,7 +56,8 @@ def parse_torchrun_log(text: str) -> dict[str, Any]:
     for line in text.splitlines():
         match = _ERROR_LINE_RE.match(line.strip())
         if match and not any(noise in line for noise in _TORCHRUN_NOISE):
-            errors = [error for error in errors if error != match.group(1)] + [match.group(1)]
+            line = match.group(1)[:_ERROR_LINE_CHARS]
+            errors = [error for error in errors if error != line] + [line]
     return {
         "rank_exit_codes": ranks,
         "root_cause_rank": int(root.group(1)) if root else None,
@@ -125,7 +127,8 @@ def supervise(spec: dict[str, Any]) -> int:
         signal.signal(signum, remember)
     uid, gid = spec.get("uid"), spec.get("gid")
     who = f" as uid {uid} gid {gid}" if uid is not None else ""
-    print(f"corral: starting {' '.join(spec['command'])}{who}", flush=True)
+    reserve = _reserve(Path(spec["exit_path"]))
+    _say(f"corral: starting {' '.join(spec['command'])}{who}")
     launch_error = None
     if signals:
         torchrun_code = -signals[0]  # cancelled before torchrun started
@@ -140,7 +143,7 @@ def supervise(spec: dict[str, Any]) -> int:
             torchrun_code = torchrun.wait()
         except OSError as error:  # E2BIG, a missing interpreter, a folder it may not enter
             launch_error = {"errno": error.errno, "message": f"{type(error).__name__}: {error}"}
-            print(f"corral: cannot start torchrun: {launch_error}", flush=True)
+            _say(f"corral: cannot start torchrun: {launch_error}")
             torchrun_code = 1
     leftovers = signal_gang(spec["gang_id"], signal.SIGKILL)
     with open(spec["log_path"], "rb") as log:
@@ -154,9 +157,70 @@ def supervise(spec: dict[str, Any]) -> int:
         "ended_at": time.time(),
         "launch_error": launch_error,
     }
-    print(f"corral: torchrun exited {torchrun_code}; killed {len(leftovers)} leftovers", flush=True)
-    write_json_atomic(Path(spec["exit_path"]), record)
+    full = [folder for folder in dict.fromkeys(
+        [str(Path(spec["log_path"]).parent), spec.get("cwd")]) if folder and _disk_full(folder)]
+    if full:  # what ranks print about it may not have reached the log: say it here
+        record["error_lines"] = [*record["error_lines"],
+                                 f"No space left on device under {', '.join(full)}"]
+    _say(f"corral: torchrun exited {torchrun_code}; killed {len(leftovers)} leftovers")
+    _write_record(Path(spec["exit_path"]), record, reserve)
     return shell_code(torchrun_code)
+
+
+RESERVE_BYTES = 16 * 1024
+"""Room kept for the exit record from the start: on a disk that fills up meanwhile, the record
+still gets written, and says why the gang ended."""
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def _say(line: str) -> None:
+    """A line of the supervisor's own in the log; lost, not fatal, when the disk is full."""
+    with contextlib.suppress(OSError):
+        print(line, flush=True)
+
+
+def _reserve(exit_path: Path) -> Path | None:
+    """A file of :data:`RESERVE_BYTES` next to the exit record, whose blocks the record can
+    reuse; None where even that does not fit."""
+    reserve = exit_path.with_name(exit_path.name + ".reserve")
+    try:
+        fd = os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, b" " * RESERVE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError:
+        reserve.unlink(missing_ok=True)
+        return None
+    return reserve
+
+
+def _write_record(path: Path, record: dict[str, Any], reserve: Path | None) -> None:
+    """Write the exit record; on a full disk, over the reserved blocks, then rename."""
+    try:
+        write_json_atomic(path, record)
+    except OSError:
+        if reserve is None:
+            raise
+        data = json.dumps(record).encode()[:RESERVE_BYTES]
+        fd = os.open(reserve, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+        os.replace(reserve, path)
+    finally:
+        if reserve is not None:
+            reserve.unlink(missing_ok=True)
+
+
+def _disk_full(folder: str) -> bool:
+    try:
+        usage = os.statvfs(folder)
+    except OSError:
+        return False
+    return usage.f_bavail * usage.f_frsize < NEARLY_FULL_BYTES
 
 
 def main(argv: list[str]) -> int:
