@@ -15,9 +15,9 @@ from scheduler.db import repo
 from scheduler.db.migrate import current_revision, head_revision, upgrade
 from scheduler.db.session import Database, corral_home
 from scheduler.domain.errors import CorralError
+from scheduler.gangs.backend import Backend
 from scheduler.home import audit_home, prepare_home
 from scheduler.service import DEFAULT_GRACE_S, SchedulerService
-from workers.backends.base import Backend
 from workers.backends.local import LocalBackend
 
 LOCAL_POOL = "local"

@@ -44,11 +44,11 @@ from scheduler import auth
 from scheduler.db.migrate import current_revision, head_revision, upgrade
 from scheduler.db.session import Database, shown_url
 from scheduler.domain.errors import CorralError
+from scheduler.gangs.backend import Backend
 from scheduler.home import audit_home, prepare_home
 from scheduler.replica import Replica
 from scheduler.service import SchedulerService
 from scheduler.trust import JobTrust, identity_name
-from workers.backends.base import Backend
 from workers.backends.environment import service_environment
 from workers.backends.local import LocalBackend
 
@@ -101,7 +101,7 @@ def check_job_identity(trust: JobTrust, python: str) -> None:
                     "default nobody) to keep jobs away from them (docs/security.md)", who)
         return
     try:
-        done = subprocess.run([python, "-c", "import workers.protocol"],
+        done = subprocess.run([python, "-c", "import scheduler.gangs.protocol"],
                               env=service_environment(os.environ, python), cwd="/",
                               user=identity.uid, group=identity.gid, extra_groups=[],
                               stdin=subprocess.DEVNULL, capture_output=True, text=True,

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from cost_time_results import WARMUP_STEPS, Measured
 
+from scheduler.gangs.protocol import ProgressKind
 from workers.core.progress import ProgressReporter
-from workers.protocol import ProgressKind
 
 if TYPE_CHECKING:
     from workers.core.distributed import DistContext
@@ -198,10 +198,10 @@ def gang_rank(
 
     from scheduler.domain.plan import Plan
     from scheduler.domain.spec import parse_spec
+    from scheduler.gangs.protocol import JobFile
     from workers.core.distributed import shutdown_distributed
     from workers.core.preemption import StopRequest
     from workers.jobs.pretrain import build_trainer
-    from workers.protocol import JobFile
 
     ctx = join_as_rank(rank, world, port)
     if threads:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from scheduler.domain.plan import Plan
 from scheduler.domain.spec import JobSpec, parse_spec
+from scheduler.gangs.protocol import JobFile, ProgressKind
 from workers.core.distributed import DistContext, init_distributed, shutdown_distributed
 from workers.core.model import build_model
 from workers.core.preemption import StopRequest
@@ -40,7 +41,6 @@ from workers.core.progress import ProgressReporter
 from workers.core.tasks import Batch
 from workers.core.tokenizer import ByteTokenizer
 from workers.jobs.pretrain import build_trainer
-from workers.protocol import JobFile, ProgressKind
 
 WARMUP_STEPS = 3
 SEQ_LEN = 128

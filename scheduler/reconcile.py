@@ -27,10 +27,9 @@ from scheduler.db.lease import Fence
 from scheduler.db.models import Allocation, Job, as_utc, utcnow
 from scheduler.db.session import Database
 from scheduler.domain.state import LIVE_STATES, JobState
+from scheduler.gangs.backend import Backend, GangPhase, GangStatus
 from scheduler.progress import apply_progress
 from scheduler.trust import JobTrust
-from workers.backends.base import Backend, GangPhase, GangStatus
-from workers.protocol import read_progress
 
 log = logging.getLogger("corral.tick")
 
@@ -113,19 +112,18 @@ class Reconciler:
         Returns the states those jobs ended in, by job id."""
         ended: dict[int, str] = {}
         with self.db.read() as session:
-            live = [(job.id, job.backend_handle, job.pool_id, job.run_dir, job.progress_offset)
+            live = [(job.id, job.backend_handle, job.pool_id, job.progress_offset)
                     for job in repo.list_jobs(session, states=LIVE_STATES, limit=100_000)]
             backend_of = {pool.id: pool.backend for pool in repo.list_pools(session)}
-        for job_id, handle, pool_id, run_dir, progress_offset in live:
+        for job_id, handle, pool_id, progress_offset in live:
             if handle is None:
                 self._expire_unlaunched(job_id, fence)
                 continue
             backend = self.backends.get(backend_of.get(pool_id or -1, ""))
             if backend is None:
                 continue
-            status = backend.poll(handle)
-            if _progress_grew(run_dir, progress_offset):  # else no write transaction at all
-                self._ingest_progress(job_id, fence)
+            status = backend.poll(handle)  # first: once it ended, its events are complete
+            self._ingest_progress(job_id, backend, handle, progress_offset, fence)
             if status.phase is not GangPhase.RUNNING:
                 outcome = self._settle(job_id, status, fence, handle)
                 if outcome:
@@ -162,14 +160,18 @@ class Reconciler:
                             f"(the scheduler that admitted it stopped)")
             self._maybe_retry(session, job)
 
-    def _ingest_progress(self, job_id: int, fence: Fence | None = None) -> None:
+    def _ingest_progress(self, job_id: int, backend: Backend, handle: str, cursor: int,
+                         fence: Fence | None = None) -> None:
+        """Fold the gang's new progress events (through its backend, from ``cursor``) into the
+        job; no write transaction when there is nothing new."""
+        events, after = backend.events(handle, cursor)
+        if not events and after == cursor:
+            return
         with self._write(fence) as session:
             job = repo.get_job(session, job_id, lock=True)
-            if job.run_dir is None:
-                return
-            events, offset = read_progress(Path(job.run_dir) / "progress.jsonl",
-                                           job.progress_offset)
-            job.progress_offset = offset
+            if job.backend_handle != handle or job.progress_offset != cursor:
+                return  # the job moved on, or another writer read these events already
+            job.progress_offset = after
             for event in events:
                 apply_progress(session, job, event)
 
@@ -224,15 +226,3 @@ class Reconciler:
         else:
             repo.note(session, job, f"gave up after {failures} failures "
                                     f"(resources.max_attempts = {job.max_attempts})")
-
-
-def _progress_grew(run_dir: str | None, offset: int) -> bool:
-    """Whether the job's progress file has bytes beyond ``offset`` that are not read yet."""
-    if run_dir is None:
-        return False
-    try:
-        return (Path(run_dir) / "progress.jsonl").stat().st_size > offset
-    except FileNotFoundError:
-        return False
-
-

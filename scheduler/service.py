@@ -35,12 +35,12 @@ from scheduler.domain.spec import (
     redact_spec,
 )
 from scheduler.domain.state import LIVE_STATES, JobState
+from scheduler.gangs.backend import GangPhase, GangStatus
+from scheduler.gangs.protocol import EXPORT_DIR_NAME
 from scheduler.planning import ModelInput, plan_spec, profile_fields
 from scheduler.policies.placement import check_schedulable
 from scheduler.reconcile import DEFAULT_GRACE_S, UNLAUNCHED_TIMEOUT_S
 from scheduler.tick import Ticker, TickReport
-from workers.backends.base import GangPhase, GangStatus
-from workers.protocol import EXPORT_DIR_NAME
 
 log = logging.getLogger("corral.service")
 
@@ -199,13 +199,13 @@ class SchedulerService(Ticker):
             return state
         with self.db.read() as session:
             job = repo.get_job(session, job_id)
-            handle = job.backend_handle
+            handle, cursor = job.backend_handle, job.progress_offset
             pool = session.get(Pool, job.pool_id) if job.pool_id else None
             backend = self.backends.get(pool.backend) if pool else None
         if backend is not None and handle is not None:
             backend.cancel(handle, self.grace_s)
             status = backend.poll(handle)
-            self._ingest_progress(job_id)
+            self._ingest_progress(job_id, backend, handle, cursor)
             if status.phase is not GangPhase.RUNNING:
                 self._settle(job_id, GangStatus(GangPhase.CANCELLED, status.exit_code,
                                                 status.reason))

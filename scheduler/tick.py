@@ -50,11 +50,11 @@ from scheduler.domain.spec import (
     env_of,
 )
 from scheduler.domain.state import LIVE_STATES, JobState
+from scheduler.gangs.backend import Backend
+from scheduler.gangs.protocol import JobFile, JobIdentity, LaunchRequest
 from scheduler.policies.config import Ordering
 from scheduler.reconcile import DEFAULT_GRACE_S, UNLAUNCHED_TIMEOUT_S, Reconciler
 from scheduler.trust import JobTrust
-from workers.backends.base import Backend
-from workers.protocol import JobFile, JobIdentity, LaunchRequest
 
 log = logging.getLogger("corral.tick")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from scheduler.db.models import Tenant
 from scheduler.domain.errors import CorralError
 from scheduler.domain.roots import AllowedRoots, check_root_list
-from workers.protocol import JobIdentity
+from scheduler.gangs.protocol import JobIdentity
 
 JOB_USER = re.compile(r"^(?:[a-z_][a-z0-9_-]{0,31}|\d{1,10}(?::\d{1,10})?)$")
 UNPRIVILEGED_DEFAULT = "nobody"

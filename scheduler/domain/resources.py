@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from scheduler.domain.capabilities import capabilities_of
 from scheduler.domain.spec import JobSpec
 
 
@@ -36,6 +37,11 @@ class PoolView:
     @property
     def total_devices(self) -> int:
         return sum(node.devices for node in self.nodes)
+
+    @property
+    def multi_node(self) -> bool:
+        """Whether a gang on this pool may span nodes (its backend's capability)."""
+        return capabilities_of(self.backend).multi_node
 
     @property
     def free_devices(self) -> int:

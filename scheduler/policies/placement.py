@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from scheduler.domain.errors import UnschedulableError
 from scheduler.domain.resources import NodeView, PendingJobView, PoolView
 
-SINGLE_NODE_BACKENDS = frozenset({"local"})
-"""Backends whose gangs cannot span nodes (torchrun --standalone on one machine)."""
-
 DeviceList = tuple[tuple[int, int], ...]
 """(node id, device index) pairs."""
 
@@ -32,7 +29,7 @@ def matching_pools(pools: Sequence[PoolView], pool: str | None,
 
 def max_gang(pool: PoolView) -> int:
     """The largest gang this pool could ever run."""
-    if pool.backend in SINGLE_NODE_BACKENDS:
+    if not pool.multi_node:
         return max((node.devices for node in pool.nodes), default=0)
     return pool.total_devices
 
@@ -67,7 +64,7 @@ def place_gang(pool: PoolView, count: int) -> DeviceList | None:
     if fitting:
         best = min(fitting, key=lambda node: (len(node.free_devices), node.node_id))
         return tuple((best.node_id, device) for device in best.free_devices[:count])
-    if pool.backend in SINGLE_NODE_BACKENDS:
+    if not pool.multi_node:
         return None
     chosen: list[tuple[int, int]] = []
     for node in sorted(ready, key=lambda node: (-len(node.free_devices), node.node_id)):
@@ -171,6 +168,6 @@ class FreeView:
 
     def could_fit(self, pool: PoolView, count: int) -> bool:
         """False only when ``place_gang(pool, count)`` is sure to return None."""
-        if pool.backend in SINGLE_NODE_BACKENDS:
+        if not pool.multi_node:
             return count <= self.largest_on_a_node
         return count <= self.total

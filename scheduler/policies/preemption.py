@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scheduler.domain.resources import PoolView, RunningJobView
-from scheduler.policies.placement import SINGLE_NODE_BACKENDS
 
 MAX_SEARCH_STEPS = 20_000
 """Subsets the exact search may try per pending job before it falls back to greedy."""
@@ -110,7 +109,7 @@ def _eligible(job: RunningJobView, preemptor: Preemptor, reclaim: Reclaim | None
 
 def _scopes(pool: PoolView, devices: int) -> list[_Scope]:
     ready = [node for node in pool.nodes if node.schedulable]
-    if pool.backend in SINGLE_NODE_BACKENDS:
+    if not pool.multi_node:
         return [
             _Scope(frozenset({node.node_id}), len(node.free_devices), node.node_id)
             for node in ready
@@ -263,7 +262,7 @@ def select_victims(
     caps = reclaim.borrowed_by_tenant if reclaim is not None else {}
     scopes = _scopes(pool, preemptor.devices)
     if not scopes:
-        where = "no schedulable node of" if pool.backend in SINGLE_NODE_BACKENDS else "not even"
+        where = "no schedulable node of" if not pool.multi_node else "not even"
         return Preemption(
             False,
             (),
@@ -344,7 +343,7 @@ def _refusal(
     holding = sum(
         count for job in eligible if job.pool_id == pool.pool_id for _, count in job.devices_by_node
     )
-    where = "on one node of" if pool.backend in SINGLE_NODE_BACKENDS else "in"
+    where = "on one node of" if not pool.multi_node else "in"
     text = (
         f"cannot preempt for #{preemptor.job_id}: needs {need_here} more devices {where} "
         f"pool {pool.name}; jobs it may preempt ({who}) hold {holding} there"

@@ -44,6 +44,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from scheduler.cycle import CycleResult, PreemptionOrder, run_cycle
+from scheduler.domain.capabilities import CAPABILITIES
 from scheduler.domain.errors import UnschedulableError
 from scheduler.domain.resources import PendingJobView, RunningJobView, Snapshot
 from scheduler.policies.fairshare import (
@@ -51,7 +52,7 @@ from scheduler.policies.fairshare import (
     capacity_by_accelerator,
     dominant_shares,
 )
-from scheduler.policies.placement import SINGLE_NODE_BACKENDS, DeviceList, check_schedulable
+from scheduler.policies.placement import DeviceList, check_schedulable
 from scheduler.sim.checks import check_quota, check_told_once
 from scheduler.sim.cluster_state import ClusterState, InvariantError
 from scheduler.sim.config import SimConfig, policy_config
@@ -74,7 +75,7 @@ Cycle = Callable[..., CycleResult]
 
 SIM_BACKEND = "sim"
 """Backend name of simulated pools whose gangs may span nodes."""
-SINGLE_NODE_BACKEND = min(SINGLE_NODE_BACKENDS)
+SINGLE_NODE_BACKEND = next(name for name, can in CAPABILITIES.items() if not can.multi_node)
 """A backend whose gangs the cycle keeps on one node (``local``)."""
 _END, _ARRIVAL, _STOP = 0, 1, 2
 

@@ -21,9 +21,9 @@ from scheduler import auth
 from scheduler.db import repo
 from scheduler.db.migrate import upgrade
 from scheduler.db.session import Database
+from scheduler.gangs.backend import Backend
 from scheduler.service import SchedulerService
 from tests.builders import spec_dict
-from workers.backends.base import Backend
 
 
 class Api:

@@ -20,14 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workers.backends.base import GangPhase, GangStatus
-from workers.protocol import EXIT_PREEMPTED, JobFile, LaunchRequest
+from scheduler.domain.capabilities import SPANS_NODES
+from scheduler.gangs.backend import GangPhase, GangStatus
+from scheduler.gangs.protocol import EXIT_PREEMPTED, JobFile, LaunchRequest
 
 SIGNALS = (("cancel", GangPhase.CANCELLED, -15), ("preempt", GangPhase.PREEMPTED, EXIT_PREEMPTED))
 
 
 class ClockBackend:
     """Gangs that succeed ``work.steps × seconds_per_step`` seconds after their launch."""
+
+    capabilities = SPANS_NODES
 
     def __init__(self, folder: Path, seconds_per_step: float, holder: str = "",
                  name: str = "clock") -> None:
@@ -68,6 +71,9 @@ class ClockBackend:
 
     def preempt(self, handle: str) -> None:
         self._signal(handle, "preempt")
+
+    def events(self, handle: str, cursor: int) -> tuple[list[dict[str, Any]], int]:
+        return [], cursor  # its gangs report no progress: time alone ends them
 
     def log_path(self, handle: str) -> str:
         gang = json.loads(handle)

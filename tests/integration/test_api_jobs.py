@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import func, select
 
 from scheduler.db.models import Job
+from scheduler.gangs.backend import GangPhase
 from tests.builders import spec_dict
 from tests.integration.api_support import Api, error_of, sqlite_api
-from workers.backends.base import GangPhase
 from workers.backends.fake import FakeBackend
 
 

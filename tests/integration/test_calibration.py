@@ -17,12 +17,12 @@ from scheduler.cost.calibration import (
 from scheduler.db import repo
 from scheduler.db.models import Calibration
 from scheduler.domain.errors import UnschedulableError
+from scheduler.gangs.backend import GangPhase
+from scheduler.gangs.protocol import append_progress
 from scheduler.planning import plan_spec
 from scheduler.service import SchedulerService
 from tests.builders import make_spec
-from workers.backends.base import GangPhase
 from workers.backends.fake import FakeBackend
-from workers.protocol import append_progress
 
 LLAMA_1B = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 2048,
             "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 8,

@@ -21,11 +21,11 @@ import pytest
 from scheduler.domain.plan import Plan
 from scheduler.domain.spec import parse_spec
 from scheduler.domain.state import JobState
+from scheduler.gangs.backend import GangPhase
+from scheduler.gangs.protocol import JobFile, append_progress
 from scheduler.service import SchedulerService
 from tests.builders import make_spec, spec_dict
-from workers.backends.base import GangPhase
 from workers.backends.fake import FakeBackend
-from workers.protocol import JobFile, append_progress
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA = {"source": "generated", "seq_len": 64, "generated_documents": 400,

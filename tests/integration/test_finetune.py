@@ -23,9 +23,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from scheduler.domain.locations import local_path
 from scheduler.domain.plan import Plan
 from scheduler.domain.spec import parse_spec
+from scheduler.gangs.protocol import JobFile
 from tests.builders import spec_dict
 from workers.core.checkpoint_layout import checkpoint_name
-from workers.protocol import JobFile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORLD_SIZE = 2

@@ -8,22 +8,24 @@ import os
 from pathlib import Path
 
 from scheduler.db import repo
+from scheduler.gangs.protocol import MAX_PROGRESS_READ_BYTES, read_progress
 from scheduler.service import SchedulerService
 from tests.builders import make_spec
-from workers.protocol import MAX_PROGRESS_READ_BYTES, read_progress
 
 
-def job_with_run_dir(service: SchedulerService) -> tuple[int, Path]:
-    job_id = service.submit(make_spec())
+def running_job(service: SchedulerService) -> tuple[int, Path]:
+    """A job whose gang runs on the fake backend, and its run folder."""
+    job_id = service.submit(make_spec(resources__pool="cpu", resources__devices=1))
+    service.tick()
     with service.db.read() as session:
-        run_dir = Path(repo.get_job(session, job_id).run_dir or "")
-    run_dir.mkdir(parents=True)
-    return job_id, run_dir
+        job = repo.get_job(session, job_id)
+        assert job.backend_handle is not None
+        return job_id, Path(job.run_dir or "")
 
 
 def test_garbage_in_the_progress_file_is_skipped_and_types_are_checked(
         service: SchedulerService) -> None:
-    job_id, run_dir = job_with_run_dir(service)
+    job_id, run_dir = running_job(service)
     lines = [
         "not json at all",
         json.dumps(["a", "list"]),
@@ -37,7 +39,7 @@ def test_garbage_in_the_progress_file_is_skipped_and_types_are_checked(
         json.dumps({"event": "compress", "before": "not a dict"}),
     ]
     (run_dir / "progress.jsonl").write_text("\n".join(lines) + "\n")
-    service._ingest_progress(job_id)
+    service.tick()  # the reconciler reads them through the backend
     detail = service.describe(job_id)
     assert detail["step"] == 3 and detail["loss"] is None and detail["tokens_per_s"] == 100.0
     assert [c["path"] for c in detail["checkpoints"]] == [str(run_dir / "checkpoints" /

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from scheduler.domain.errors import SpecError
+from scheduler.gangs.backend import GangPhase
+from scheduler.gangs.protocol import EXPORT_DIR_NAME
 from scheduler.service import SchedulerService
 from tests.builders import make_spec
-from workers.backends.base import GangPhase
 from workers.backends.fake import FakeBackend
-from workers.protocol import EXPORT_DIR_NAME
 
 FINETUNE_OF_BASE = dict(
     name="tune", kind="finetune", model={"path": "job:base"}, tokenizer=None,

@@ -18,12 +18,12 @@ from scheduler.db.models import Allocation, Job, JobEvent, utcnow
 from scheduler.db.session import Database
 from scheduler.domain.errors import StaleLeaderError
 from scheduler.domain.state import JobState
+from scheduler.gangs.backend import GangPhase
+from scheduler.gangs.protocol import LaunchRequest
 from scheduler.replica import Replica
 from scheduler.service import SchedulerService, TickReport
 from tests.builders import make_spec
-from workers.backends.base import GangPhase
 from workers.backends.fake import FakeBackend
-from workers.protocol import LaunchRequest
 
 TTL_S = 10.0
 

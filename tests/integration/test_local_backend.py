@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from scheduler.domain.errors import BackendError
-from workers.backends.base import GangPhase, GangStatus
+from scheduler.gangs.backend import GangPhase, GangStatus
+from scheduler.gangs.protocol import EXIT_PREEMPTED, PROGRESS_FILE, LaunchRequest, append_progress
 from workers.backends.local import LocalBackend
-from workers.protocol import EXIT_PREEMPTED, LaunchRequest
 
 STARTUP_TIMEOUT_S = 30.0
 """torchrun plus two ranks importing torch take ~3 s on 2 idle cores; allow for a busy CI box."""
@@ -261,3 +261,23 @@ def test_inventory_counts_cpu_rank_slots_and_cuda_devices() -> None:
     assert 1 <= inventory.cpu_devices <= (os.cpu_count() or 1)
     expected_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     assert inventory.cuda_devices == expected_cuda
+
+
+def test_progress_comes_back_through_the_backend(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (tmp_path / "markers").mkdir()
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps({"marker_dir": str(tmp_path / "markers")}))
+    backend = LocalBackend()
+    handle = backend.launch(LaunchRequest(
+        job_id=1, attempt=1, world_size=1, job_file=str(job_file),
+        log_path=str(tmp_path / "records" / "attempt-1.log"), run_dir=str(run_dir),
+        module="tests.integration.rank_programs.gang_rank"))
+    append_progress(run_dir / PROGRESS_FILE, "step", step=1, loss=2.5)
+    events, cursor = backend.events(handle, 0)
+    assert [(e["event"], e["step"]) for e in events] == [("step", 1)]
+    assert backend.events(handle, cursor) == ([], cursor)
+    before = {k: v for k, v in json.loads(handle).items() if k != "progress_path"}
+    assert backend.events(json.dumps(before), 0) == ([], 0)  # a handle from an older Corral
+    Gang(backend, handle, tmp_path / "markers", 1).wait_until_ended()

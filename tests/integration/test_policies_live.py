@@ -7,9 +7,9 @@ from sqlalchemy import select
 from scheduler.db import repo
 from scheduler.db.models import Quota, Tenant
 from scheduler.domain.state import JobState
+from scheduler.gangs.backend import GangPhase
 from scheduler.service import SchedulerService
 from tests.builders import make_spec
-from workers.backends.base import GangPhase
 from workers.backends.fake import FakeBackend
 
 

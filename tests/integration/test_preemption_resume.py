@@ -19,6 +19,7 @@ import pytest
 
 from scheduler.domain.plan import Plan, Strategy
 from scheduler.domain.spec import parse_spec
+from scheduler.gangs.protocol import EXIT_PREEMPTED, JobFile
 from tests.integration.gang import (
     Gang,
     events,
@@ -35,7 +36,6 @@ from workers.core.checkpoint_layout import (
     latest_checkpoint,
     staging_path,
 )
-from workers.protocol import EXIT_PREEMPTED, JobFile
 
 pytestmark = pytest.mark.slow
 

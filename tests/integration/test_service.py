@@ -13,11 +13,11 @@ from scheduler.db.models import Job, JobEvent, utcnow
 from scheduler.domain.errors import SpecError, UnschedulableError
 from scheduler.domain.plan import Plan, Strategy
 from scheduler.domain.state import JobState
+from scheduler.gangs.backend import GangPhase
+from scheduler.gangs.protocol import EXIT_PREEMPTED, JobFile, append_progress
 from scheduler.service import SchedulerService
 from tests.builders import make_spec
-from workers.backends.base import GangPhase
 from workers.backends.fake import FakeBackend
-from workers.protocol import EXIT_PREEMPTED, JobFile, append_progress
 
 
 def _job_count(service: SchedulerService) -> int:

@@ -26,10 +26,10 @@ import pytest
 
 from scheduler.domain.plan import Plan
 from scheduler.domain.spec import parse_spec
+from scheduler.gangs.protocol import EXIT_PREEMPTED, JobFile
 from tests.builders import spec_dict
 from tests.integration import gang
 from workers.core.checkpoint_layout import checkpoint_name, latest_checkpoint
-from workers.protocol import EXIT_PREEMPTED, JobFile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORLD_SIZE = 2

@@ -1,27 +1,32 @@
 """An in-memory backend for pools that cannot run here (GPU and TPU pools in tests).
 
-It implements the same :class:`~workers.backends.base.Backend` protocol as the real backends;
+It implements the same :class:`~scheduler.gangs.backend.Backend` protocol as the real backends;
 tests decide each gang's fate with :meth:`FakeBackend.finish`. It runs nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from scheduler.domain.capabilities import SPANS_NODES, BackendCapabilities
 from scheduler.domain.errors import BackendError
-from workers.backends.base import GangPhase, GangStatus
-from workers.protocol import LaunchRequest
+from scheduler.gangs.backend import GangPhase, GangStatus
+from scheduler.gangs.protocol import PROGRESS_FILE, LaunchRequest, read_progress
 
 
 @dataclass
 class FakeBackend:
     name: str = "fake"
+    capabilities: BackendCapabilities = SPANS_NODES
     launched: list[LaunchRequest] = field(default_factory=list)
     fail_launch: bool = False
     preempt_signals: list[str] = field(default_factory=list)
     """Handles told to preempt, once per signal: tests count them."""
     _status: dict[str, GangStatus] = field(default_factory=dict)
     _logs: dict[str, str] = field(default_factory=dict)
+    _run_dirs: dict[str, str] = field(default_factory=dict)
 
     def launch(self, request: LaunchRequest) -> str:
         if self.fail_launch:
@@ -30,6 +35,7 @@ class FakeBackend:
         self.launched.append(request)
         self._status[handle] = GangStatus(GangPhase.RUNNING)
         self._logs[handle] = request.log_path
+        self._run_dirs[handle] = request.run_dir
         return handle
 
     def poll(self, handle: str) -> GangStatus:
@@ -47,6 +53,13 @@ class FakeBackend:
 
     def log_path(self, handle: str) -> str:
         return self._logs.get(handle, "")
+
+    def events(self, handle: str, cursor: int) -> tuple[list[dict[str, Any]], int]:
+        """What a test appended to the gang's progress file, as the local backend reads it."""
+        run_dir = self._run_dirs.get(handle)
+        if not run_dir:
+            return [], cursor
+        return read_progress(Path(run_dir) / PROGRESS_FILE, cursor)
 
     def finish(self, job_id: int, phase: GangPhase, exit_code: int = 0,
                reason: str = "") -> None:

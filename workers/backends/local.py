@@ -33,8 +33,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from scheduler.domain.capabilities import capabilities_of
 from scheduler.domain.errors import BackendError, LaunchRefusedError
-from workers.backends.base import GangPhase, GangStatus
+from scheduler.gangs.backend import GangPhase, GangStatus
+from scheduler.gangs.protocol import (
+    EXIT_PREEMPTED,
+    EXIT_SPEC_ERROR,
+    PROGRESS_FILE,
+    LaunchRequest,
+    read_progress,
+)
 from workers.backends.environment import rank_environment, service_environment
 from workers.backends.local_supervisor import (
     GANG_ENV,
@@ -44,7 +52,6 @@ from workers.backends.local_supervisor import (
     signal_gang,
     write_json_atomic,
 )
-from workers.protocol import EXIT_PREEMPTED, EXIT_SPEC_ERROR, LaunchRequest
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +85,8 @@ class _Gang:
     log_path: str
     exit_path: str
     cancel_path: str
+    progress_path: str = ""
+    """The job's progress file in its run folder ("" in handles made before it was kept)."""
 
     def to_handle(self) -> str:
         return json.dumps({"backend": "local", **asdict(self)})
@@ -97,6 +106,7 @@ class LocalBackend:
     """Runs each gang as ``torchrun --standalone`` on this machine (CPU/gloo, or its GPUs)."""
 
     name = "local"
+    capabilities = capabilities_of("local")
 
     def __init__(self, python: str = sys.executable) -> None:
         self.python = python
@@ -150,6 +160,7 @@ class LocalBackend:
             log_path=str(log_path),
             exit_path=str(exit_path),
             cancel_path=str(cancel_path),
+            progress_path=str(Path(request.run_dir) / PROGRESS_FILE) if request.run_dir else "",
         ).to_handle()
 
     def poll(self, handle: str) -> GangStatus:
@@ -211,6 +222,13 @@ class LocalBackend:
     def log_path(self, handle: str) -> str:
         """Path of the gang's combined log: supervisor, torchrun and every rank."""
         return _Gang.from_handle(handle).log_path
+
+    def events(self, handle: str, cursor: int) -> tuple[list[dict[str, Any]], int]:
+        """Rank 0's progress events after byte ``cursor`` of the job's progress file."""
+        gang = _Gang.from_handle(handle)
+        if not gang.progress_path:
+            return [], cursor
+        return read_progress(Path(gang.progress_path), cursor)
 
     def inventory(self) -> LocalInventory:
         """CPU rank slots and CUDA devices of this machine (imports torch only here)."""

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from workers.protocol import ProgressKind, append_progress
+from scheduler.gangs.protocol import ProgressKind, append_progress
 
 logger = logging.getLogger(__name__)
 

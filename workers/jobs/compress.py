@@ -37,6 +37,7 @@ from scheduler.domain.compress_spec import CompressSpec
 from scheduler.domain.errors import PlanError
 from scheduler.domain.plan import Plan
 from scheduler.domain.spec import JobSpec
+from scheduler.gangs.protocol import JobFile
 from workers.core.compress_distill import DistillationTask, build_student
 from workers.core.compress_export import (
     load_compressed_model,
@@ -66,7 +67,6 @@ from workers.core.tokenizer import (
 )
 from workers.core.trainer import Trainer, TrainResult
 from workers.jobs.pretrain import check_batch, trainer_config
-from workers.protocol import JobFile
 
 logger = logging.getLogger(__name__)
 

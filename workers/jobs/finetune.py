@@ -26,6 +26,7 @@ from scheduler.domain.finetune_spec import FinetuneSpec
 from scheduler.domain.locations import local_path
 from scheduler.domain.plan import Plan
 from scheduler.domain.spec import JobSpec
+from scheduler.gangs.protocol import JobFile
 from workers.core.checkpoint import TrainState
 from workers.core.data import BatchLayout
 from workers.core.distributed import DistContext
@@ -60,7 +61,6 @@ from workers.core.tokenizer import (
 )
 from workers.core.trainer import Trainer, TrainResult
 from workers.jobs.pretrain import check_batch, trainer_config
-from workers.protocol import JobFile
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import torch
 from scheduler.domain.errors import PlanError
 from scheduler.domain.plan import Plan
 from scheduler.domain.spec import JobSpec
+from scheduler.gangs.protocol import JobFile
 from workers.core.corpus import load_documents
 from workers.core.data import BatchLayout, split_windows, token_stream
 from workers.core.distributed import DistContext
@@ -28,7 +29,6 @@ from workers.core.tasks import CausalLMTask
 from workers.core.tokenizer import build_tokenizer
 from workers.core.trainer import Trainer, TrainerConfig, TrainResult
 from workers.core.utilization import build_utilization
-from workers.protocol import JobFile
 
 logger = logging.getLogger(__name__)
 

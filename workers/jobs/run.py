@@ -8,7 +8,7 @@ uncaught exception, whose traceback goes to the rank's log).
 
 Under torchrun only the ranks' statuses carry this meaning: torchrun itself exits 1 whenever a
 rank exits non-zero, 75 included, so a backend reads preemption from the ``preempted`` progress
-event of the attempt rather than from torchrun's status (see :mod:`workers.protocol`).
+event of the attempt rather than from torchrun's status (see :mod:`scheduler.gangs.protocol`).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from scheduler.domain.errors import CorralError, SpecError
 from scheduler.domain.plan import Plan
 from scheduler.domain.roots import AllowedRoots, check_spec_files
 from scheduler.domain.spec import JobKind, JobSpec, parse_spec
+from scheduler.gangs.protocol import EXIT_PREEMPTED, EXIT_SPEC_ERROR, JobFile
 from workers.core.distributed import DistContext, init_distributed, shutdown_distributed
 from workers.core.preemption import StopRequest
 from workers.core.trainer import TrainResult
-from workers.protocol import EXIT_PREEMPTED, EXIT_SPEC_ERROR, JobFile
 
 JobRunner = Callable[[JobFile, JobSpec, Plan, DistContext, StopRequest], TrainResult]
 

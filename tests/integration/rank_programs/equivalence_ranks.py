@@ -18,12 +18,12 @@ import torch.distributed as dist
 
 from scheduler.domain.plan import Plan
 from scheduler.domain.spec import JobSpec, parse_spec
+from scheduler.gangs.protocol import JobFile
 from tests.builders import spec_dict
 from workers.core.checkpoint_layout import checkpoint_name
 from workers.core.distributed import DistContext
 from workers.core.preemption import StopRequest
 from workers.jobs.pretrain import build_trainer
-from workers.protocol import JobFile
 
 STEPS = 10
 RESUME_FROM = 5

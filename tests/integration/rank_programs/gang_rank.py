@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from workers.protocol import EXIT_PREEMPTED
+from scheduler.gangs.protocol import EXIT_PREEMPTED
 
 
 def _per_rank(table: dict[str, Any], rank: int, fallback: Any) -> Any:

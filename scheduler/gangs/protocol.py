@@ -30,6 +30,9 @@ EXIT_SPEC_ERROR = 78
 """EX_CONFIG from sysexits.h: the job's spec or files are wrong (a data file the ranks cannot
 read, a path outside the tenant's roots): a retry would fail the same way, so none is made."""
 
+PROGRESS_FILE = "progress.jsonl"
+"""Where rank 0 appends its progress events in the job's run folder."""
+
 EXPORT_DIR_NAME = "export"
 """Folder in a job's run folder where a finished job leaves its model in the transformers layout
 (``save_pretrained`` weights and the tokenizer); ``model.path: job:NAME`` points at it."""
@@ -65,7 +68,7 @@ class JobFile:
 
     @property
     def progress_path(self) -> Path:
-        return Path(self.run_dir) / "progress.jsonl"
+        return Path(self.run_dir) / PROGRESS_FILE
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
-from workers.protocol import LaunchRequest
+from scheduler.domain.capabilities import BackendCapabilities
+from scheduler.gangs.protocol import LaunchRequest
 
 
 class GangPhase(StrEnum):
@@ -38,6 +39,9 @@ class GangStatus:
 
 class Backend(Protocol):
     name: str
+    capabilities: BackendCapabilities
+    """What its gangs can do (:data:`scheduler.domain.capabilities.CAPABILITIES` under
+    ``name``): the policies read it from a pool, never the backend's name."""
 
     def launch(self, request: LaunchRequest) -> str:
         """Start the gang; return its handle. Raise BackendError if it cannot start."""
@@ -58,4 +62,10 @@ class Backend(Protocol):
 
     def log_path(self, handle: str) -> str:
         """Path of the gang's combined log file."""
+        ...
+
+    def events(self, handle: str, cursor: int) -> tuple[list[dict[str, Any]], int]:
+        """Progress events the gang's rank 0 reported after ``cursor`` (0 at first), and the
+        cursor to ask from next time: the scheduler reads progress only through its backend,
+        never from a folder of the ranks. Never raises for a gang that is gone."""
         ...
