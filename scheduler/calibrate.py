@@ -58,10 +58,9 @@ time (``corral show``, the prediction-error metric). Recalibrating η asks for m
 :data:`scheduler.cost.calibration.MIN_STEP_REPORTS`."""
 
 
-def record_step_time(job: Job, event: dict[str, Any]) -> None:
+def record_step_time(job: Job, value: float | None) -> None:
     """Keep one reported step time of the current attempt (the newest ``MAX_SAMPLES``)."""
-    value = event.get("step_time_s")
-    if not isinstance(value, int | float) or value <= 0:
+    if value is None or value <= 0:
         return
     samples = [*(job.step_times_s or []), float(value)][-MAX_SAMPLES:]
     job.step_times_s = samples  # a new list, so the JSON column sees the change

@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from typing import Any
 
 from scheduler.calibrate import record_step_time
 from scheduler.db import repo
 from scheduler.db.models import Job
+from scheduler.gangs.events import (
+    Checkpoint,
+    Compressed,
+    Done,
+    Eval,
+    ProgressEvent,
+    Start,
+    Step,
+)
 
-MAX_PATH_CHARS = 4096
 MAX_NOTE_CHARS = 4096
-MAX_DETAIL_CHARS = 16_384
-"""Largest JSON an event's detail may take in the events table; a job writes its own progress
-file, so a bigger one is stored without its detail."""
-
-
-def _count(event: dict[str, Any], key: str) -> int | None:
-    """A non-negative whole number a rank reported, or None for anything else."""
-    value = event.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) \
-        and 0 <= value < 2**31 else None
-
-
-def _real(event: dict[str, Any], key: str) -> float | None:
-    """A finite number a rank reported, or None for anything else."""
-    value = event.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) and abs(value) < 1e300 else None
 
 
 def _inside(path: str, folder: str | None) -> bool:
@@ -40,63 +28,47 @@ def _inside(path: str, folder: str | None) -> bool:
     return os.path.normpath(path).startswith(base.rstrip("/") + "/")
 
 
-def _detail(event: dict[str, Any]) -> dict[str, Any] | None:
-    """The event's fields for the events table, if they are plain JSON (no NaN, which
-    PostgreSQL's json type refuses) and small enough."""
-    detail = {k: v for k, v in event.items() if k != "event"}
-    try:
-        text = json.dumps(detail, allow_nan=False)
-    except ValueError:
-        return None
-    return detail if len(text) <= MAX_DETAIL_CHARS else None
+def apply_progress(session: Any, job: Job, event: ProgressEvent) -> None:
+    """Fold one typed progress event (:mod:`scheduler.gangs.events`, every field checked
+    there) into the job row, its events and checkpoints."""
+    match event:
+        case Step():
+            if job.first_loss is None:
+                job.first_loss = event.loss
+            job.last_step = event.step
+            job.last_loss = event.loss
+            job.tokens_per_s = event.tokens_per_s
+            job.step_time_s = event.step_time_s
+            record_step_time(job, event.step_time_s)
+        case Start():
+            job.total_steps = event.total_steps or job.total_steps
+            job.step_times_s = []
+            repo.note(session, job, f"attempt {event.attempt}: ranks started at step "
+                                    f"{event.step} of {job.total_steps}")
+        case Checkpoint():
+            if not _inside(event.path, job.run_dir):
+                return  # a later attempt resumes only from the job's own folder
+            repo.add_checkpoint(session, job, event.step, event.path, {"loss": job.last_loss})
+            if event.on_sigterm:
+                repo.note(session, job, f"checkpointed at step {event.step} on SIGTERM")
+        case Eval():
+            job.eval_loss = event.eval_loss
+        case Done():
+            job.eval_loss = event.eval_loss or job.eval_loss
+            repo.note(session, job, f"training finished{_eval_summary(event.metrics)}",
+                      event.detail)
+        case Compressed():
+            try:
+                note = _compress_note(event.report)
+            except (TypeError, ValueError, KeyError, AttributeError):
+                note = "compressed (the ranks' report was malformed)"
+            repo.note(session, job, note[:MAX_NOTE_CHARS], event.detail)
 
 
-def apply_progress(session: Any, job: Job, event: dict[str, Any]) -> None:
-    """Fold one progress event from rank 0 into the job row, its events and checkpoints.
-
-    The ranks run the tenant's code and write the file: every field is checked for its type
-    and range here, and one that is not what the protocol says is left out, never stored."""
-    kind = event.get("event")
-    if kind == "step":
-        loss = _real(event, "loss")
-        if job.first_loss is None:
-            job.first_loss = loss
-        job.last_step = _count(event, "step")
-        job.last_loss = loss
-        job.tokens_per_s = _real(event, "tokens_per_s")
-        job.step_time_s = _real(event, "step_time_s")
-        record_step_time(job, event)
-    elif kind == "start":
-        job.total_steps = _count(event, "total_steps") or job.total_steps
-        job.step_times_s = []
-        repo.note(session, job, f"attempt {_count(event, 'attempt')}: ranks started at step "
-                                f"{_count(event, 'step')} of {job.total_steps}")
-    elif kind in ("checkpoint", "preempted"):
-        step, path = _count(event, "step"), event.get("path")
-        if step is None or not isinstance(path, str) or not 0 < len(path) <= MAX_PATH_CHARS \
-                or not _inside(path, job.run_dir):
-            return  # a later attempt resumes only from the job's own folder
-        repo.add_checkpoint(session, job, step, path, {"loss": job.last_loss})
-        if kind == "preempted":
-            repo.note(session, job, f"checkpointed at step {step} on SIGTERM")
-    elif kind == "eval":
-        job.eval_loss = _real(event, "eval_loss")
-    elif kind == "done":
-        job.eval_loss = _real(event, "eval_loss") or job.eval_loss
-        repo.note(session, job, f"training finished{_eval_summary(event)}", _detail(event))
-    elif kind == "compress":
-        try:
-            note = _compress_note(event)
-        except (TypeError, ValueError, KeyError, AttributeError):
-            note = "compressed (the ranks' report was malformed)"
-        repo.note(session, job, note[:MAX_NOTE_CHARS], _detail(event))
-
-
-def _eval_summary(event: dict[str, Any]) -> str:
+def _eval_summary(metrics: dict[str, float]) -> str:
     """``": eval_loss 0.83, eval_accuracy 1"``: the eval metrics of a ``done`` event, if any."""
-    metrics = [f"{name} {value:.4g}" for name, value in event.items()
-               if name.startswith("eval_") and len(name) <= 64 and isinstance(value, float)][:8]
-    return f": {', '.join(metrics)}" if metrics else ""
+    shown = [f"{name} {value:.4g}" for name, value in metrics.items()]
+    return f": {', '.join(shown)}" if shown else ""
 
 
 def _compress_note(event: dict[str, Any]) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -230,9 +229,8 @@ class Ticker(Reconciler):
             held = repo.live_devices(session, job.id)
             attempt = job.attempts
         records = self.records_dir / f"job-{admission.job_id}"
-        job_path = run_dir / f"attempt-{attempt}.json"
         request = LaunchRequest(job_id=admission.job_id, attempt=attempt,
-                                world_size=admission.plan.world_size, job_file=str(job_path),
+                                world_size=admission.plan.world_size, job=job_file,
                                 log_path=str(records / f"attempt-{attempt}.log"),
                                 nodes=admission.plan.nodes, devices=held,
                                 env=env_of(job.spec), run_dir=str(run_dir), identity=identity)
@@ -241,8 +239,6 @@ class Ticker(Reconciler):
                 raise LaunchRefusedError(f"the tenant's job identity: {trust_error}")
             if backend is None:
                 raise BackendError(f"no backend {admission.backend!r} is configured here")
-            prepare_folders(self.runs_dir, run_dir, records, identity)
-            job_file.write(job_path, owner=identity)
             handle = backend.launch(request)
         except (BackendError, OSError) as err:
             with self._write(fence) as session:
@@ -297,19 +293,3 @@ class Ticker(Reconciler):
         if isinstance(model_path, str) and within(Path(model_path), [str(self.runs_dir)]):
             roots = roots.with_model_folder(model_path)
         return self.trust.identity_for(tenant), roots
-
-
-def prepare_folders(runs_dir: Path, run_dir: Path, records: Path,
-                    identity: JobIdentity | None) -> None:
-    """Make the job's run folder (its ranks' own) and its records folder (the service's).
-
-    With another identity for the ranks, the runs folder lets them pass (0711: no listing) and
-    the run folder becomes theirs (0700); the records folder, holding the log and the launch
-    record, stays the service's alone (0700)."""
-    runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    records.mkdir(parents=True, exist_ok=True, mode=0o700)
-    run_dir.mkdir(exist_ok=True, mode=0o700)
-    if identity is not None:
-        runs_dir.chmod(0o711)
-        os.chown(run_dir, identity.uid, identity.gid, follow_symlinks=False)
-        run_dir.chmod(0o700)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 from scheduler.domain.capabilities import BackendCapabilities
+from scheduler.gangs.events import ProgressEvent
 from scheduler.gangs.protocol import LaunchRequest
 
 
@@ -64,8 +65,9 @@ class Backend(Protocol):
         """Path of the gang's combined log file."""
         ...
 
-    def events(self, handle: str, cursor: int) -> tuple[list[dict[str, Any]], int]:
-        """Progress events the gang's rank 0 reported after ``cursor`` (0 at first), and the
-        cursor to ask from next time: the scheduler reads progress only through its backend,
-        never from a folder of the ranks. Never raises for a gang that is gone."""
+    def events(self, handle: str, cursor: int) -> tuple[list[ProgressEvent], int]:
+        """Progress events the gang's rank 0 reported after ``cursor`` (0 at first), typed and
+        checked (:func:`scheduler.gangs.events.parse_events`), and the cursor to ask from next
+        time: the scheduler reads progress only through its backend, never from a folder of
+        the ranks. Never raises for a gang that is gone."""
         ...

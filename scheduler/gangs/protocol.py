@@ -110,13 +110,19 @@ class JobIdentity:
 
 @dataclass(frozen=True, slots=True)
 class LaunchRequest:
-    """One gang to start: ``world_size`` ranks of the job file, with logs in ``log_path``."""
+    """One gang to start: ``world_size`` ranks of a job, with logs in ``log_path``.
+
+    The job travels by value (``job``): the backend puts it where its ranks can read it (the
+    local backend: ``run_dir/attempt-N.json``); the scheduler writes nothing into a run folder.
+    ``job_file`` names a file the ranks read instead, for programs that are not a Corral job
+    (the backends' own tests)."""
 
     job_id: int
     attempt: int
     world_size: int
-    job_file: str
     log_path: str
+    job: JobFile | None = None
+    job_file: str = ""
     nodes: int = 1
     devices: dict[str, list[int]] = field(default_factory=dict)
     """Node name -> device indexes allocated on it (CUDA_VISIBLE_DEVICES on GPU nodes)."""

@@ -22,7 +22,8 @@ from typing import Any
 
 from scheduler.domain.capabilities import SPANS_NODES
 from scheduler.gangs.backend import GangPhase, GangStatus
-from scheduler.gangs.protocol import EXIT_PREEMPTED, JobFile, LaunchRequest
+from scheduler.gangs.events import ProgressEvent
+from scheduler.gangs.protocol import EXIT_PREEMPTED, LaunchRequest
 
 SIGNALS = (("cancel", GangPhase.CANCELLED, -15), ("preempt", GangPhase.PREEMPTED, EXIT_PREEMPTED))
 
@@ -46,7 +47,8 @@ class ClockBackend:
         return self.folder / "launches.jsonl"
 
     def launch(self, request: LaunchRequest) -> str:
-        steps = int(JobFile.read(request.job_file).spec["work"]["steps"])
+        assert request.job is not None
+        steps = int(request.job.spec["work"]["steps"])
         started_at = time.time()
         record = {"job_id": request.job_id, "attempt": request.attempt, "holder": self.holder,
                   "time": started_at, "devices": request.devices}
@@ -72,7 +74,7 @@ class ClockBackend:
     def preempt(self, handle: str) -> None:
         self._signal(handle, "preempt")
 
-    def events(self, handle: str, cursor: int) -> tuple[list[dict[str, Any]], int]:
+    def events(self, handle: str, cursor: int) -> tuple[list[ProgressEvent], int]:
         return [], cursor  # its gangs report no progress: time alone ends them
 
     def log_path(self, handle: str) -> str:

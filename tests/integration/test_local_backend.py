@@ -15,6 +15,7 @@ import pytest
 
 from scheduler.domain.errors import BackendError
 from scheduler.gangs.backend import GangPhase, GangStatus
+from scheduler.gangs.events import Step
 from scheduler.gangs.protocol import EXIT_PREEMPTED, PROGRESS_FILE, LaunchRequest, append_progress
 from workers.backends.local import LocalBackend
 
@@ -276,7 +277,7 @@ def test_progress_comes_back_through_the_backend(tmp_path: Path) -> None:
         module="tests.integration.rank_programs.gang_rank"))
     append_progress(run_dir / PROGRESS_FILE, "step", step=1, loss=2.5)
     events, cursor = backend.events(handle, 0)
-    assert [(e["event"], e["step"]) for e in events] == [("step", 1)]
+    assert events == [Step(step=1, loss=2.5, tokens_per_s=None, step_time_s=None)]
     assert backend.events(handle, cursor) == ([], cursor)
     before = {k: v for k, v in json.loads(handle).items() if k != "progress_path"}
     assert backend.events(json.dumps(before), 0) == ([], 0)  # a handle from an older Corral

@@ -14,7 +14,7 @@ from scheduler.domain.errors import SpecError, UnschedulableError
 from scheduler.domain.plan import Plan, Strategy
 from scheduler.domain.state import JobState
 from scheduler.gangs.backend import GangPhase
-from scheduler.gangs.protocol import EXIT_PREEMPTED, JobFile, append_progress
+from scheduler.gangs.protocol import EXIT_PREEMPTED, append_progress
 from scheduler.service import SchedulerService
 from tests.builders import make_spec
 from workers.backends.fake import FakeBackend
@@ -37,7 +37,8 @@ def test_submit_admit_run_succeed(service: SchedulerService, fake_backend: FakeB
     report = service.tick()
     assert report.started == [job_id]
     (request,) = fake_backend.launched
-    job_file = JobFile.read(request.job_file)
+    job_file = request.job
+    assert job_file is not None
     plan = Plan.from_dict(job_file.plan)
     assert (plan.strategy, plan.world_size, plan.micro_batch, plan.grad_accum) == (
         Strategy.DDP,
@@ -91,7 +92,7 @@ def test_progress_is_ingested_and_failure_retries_from_checkpoint(
         service.tick()
     second = fake_backend.launched[-1]
     assert second.attempt == 2
-    assert JobFile.read(second.job_file).resume_from == str(checkpoint)
+    assert second.job is not None and second.job.resume_from == str(checkpoint)
 
 
 def test_a_requeued_job_forgets_the_gang_of_its_last_attempt(
@@ -227,7 +228,8 @@ def test_admission_uses_the_cost_models_best_plan(service: SchedulerService,
     job_id = service.submit(spec, LLAMA_1B)
     service.tick()
     (request,) = fake_backend.launched
-    plan = Plan.from_dict(JobFile.read(request.job_file).plan)
+    assert request.job is not None
+    plan = Plan.from_dict(request.job.plan)
     assert plan.world_size == 8 and plan.global_batch == 32
     with service.db.read() as session:
         job = repo.get_job(session, job_id)

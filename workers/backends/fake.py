@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from scheduler.domain.capabilities import SPANS_NODES, BackendCapabilities
 from scheduler.domain.errors import BackendError
 from scheduler.gangs.backend import GangPhase, GangStatus
+from scheduler.gangs.events import ProgressEvent, parse_events
 from scheduler.gangs.protocol import PROGRESS_FILE, LaunchRequest, read_progress
 
 
@@ -32,6 +32,10 @@ class FakeBackend:
         if self.fail_launch:
             raise BackendError("fake backend told to refuse launches")
         handle = f"fake:{request.job_id}:{request.attempt}"
+        if request.run_dir:  # as the local backend does: tests write into it, or fill its disk
+            Path(request.run_dir).mkdir(parents=True, exist_ok=True)
+            if request.job is not None:
+                request.job.write(Path(request.run_dir) / f"attempt-{request.attempt}.json")
         self.launched.append(request)
         self._status[handle] = GangStatus(GangPhase.RUNNING)
         self._logs[handle] = request.log_path
@@ -54,12 +58,13 @@ class FakeBackend:
     def log_path(self, handle: str) -> str:
         return self._logs.get(handle, "")
 
-    def events(self, handle: str, cursor: int) -> tuple[list[dict[str, Any]], int]:
+    def events(self, handle: str, cursor: int) -> tuple[list[ProgressEvent], int]:
         """What a test appended to the gang's progress file, as the local backend reads it."""
         run_dir = self._run_dirs.get(handle)
         if not run_dir:
             return [], cursor
-        return read_progress(Path(run_dir) / PROGRESS_FILE, cursor)
+        raw, after = read_progress(Path(run_dir) / PROGRESS_FILE, cursor)
+        return parse_events(raw), after
 
     def finish(self, job_id: int, phase: GangPhase, exit_code: int = 0,
                reason: str = "") -> None:

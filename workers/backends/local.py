@@ -36,6 +36,7 @@ from typing import Any
 from scheduler.domain.capabilities import capabilities_of
 from scheduler.domain.errors import BackendError, LaunchRefusedError
 from scheduler.gangs.backend import GangPhase, GangStatus
+from scheduler.gangs.events import ProgressEvent, parse_events
 from scheduler.gangs.protocol import (
     EXIT_PREEMPTED,
     EXIT_SPEC_ERROR,
@@ -130,6 +131,9 @@ class LocalBackend:
         exit_path.unlink(missing_ok=True)
         cancel_path.unlink(missing_ok=True)
         log_offset = log_path.stat().st_size if log_path.exists() else 0
+        job_file = request.job_file
+        if request.job is not None:
+            job_file = str(self._write_job_file(request))
         gang_id = uuid.uuid4().hex
         try:
             ranks = self._rank_environment(request, gang_id)
@@ -137,7 +141,7 @@ class LocalBackend:
             raise LaunchRefusedError(str(error)) from None
         identity = request.identity
         spec = {
-            "command": self._torchrun_command(request),
+            "command": self._torchrun_command(request, job_file),
             "log_path": str(log_path),
             "log_offset": log_offset,
             "exit_path": str(exit_path),
@@ -223,12 +227,13 @@ class LocalBackend:
         """Path of the gang's combined log: supervisor, torchrun and every rank."""
         return _Gang.from_handle(handle).log_path
 
-    def events(self, handle: str, cursor: int) -> tuple[list[dict[str, Any]], int]:
+    def events(self, handle: str, cursor: int) -> tuple[list[ProgressEvent], int]:
         """Rank 0's progress events after byte ``cursor`` of the job's progress file."""
         gang = _Gang.from_handle(handle)
         if not gang.progress_path:
             return [], cursor
-        return read_progress(Path(gang.progress_path), cursor)
+        raw, after = read_progress(Path(gang.progress_path), cursor)
+        return parse_events(raw), after
 
     def inventory(self) -> LocalInventory:
         """CPU rank slots and CUDA devices of this machine (imports torch only here)."""
@@ -260,9 +265,28 @@ class LocalBackend:
         finally:
             torch.set_num_threads(previous)
 
-    def _torchrun_command(self, request: LaunchRequest) -> list[str]:
+    def _write_job_file(self, request: LaunchRequest) -> Path:
+        """Make the job's run folder (its ranks' own) and write its job file there.
+
+        With another identity for the ranks, the runs folder lets them pass (0711: no listing)
+        and the run folder becomes theirs (0700); the job file is written without following a
+        link they may have planted (:meth:`JobFile.write`)."""
+        assert request.job is not None
+        run_dir = Path(request.run_dir or request.job.run_dir)
+        identity = request.identity
+        run_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run_dir.mkdir(exist_ok=True, mode=0o700)
+        if identity is not None:
+            run_dir.parent.chmod(0o711)
+            os.chown(run_dir, identity.uid, identity.gid, follow_symlinks=False)
+            run_dir.chmod(0o700)
+        path = run_dir / f"attempt-{request.attempt}.json"
+        request.job.write(path, owner=identity)
+        return path
+
+    def _torchrun_command(self, request: LaunchRequest, job_file: str) -> list[str]:
         ranks = ["--nproc-per-node", str(request.world_size)]
-        program = ["-m", request.module, request.job_file]
+        program = ["-m", request.module, job_file]
         return [self.python, "-m", "torch.distributed.run", *_TORCHRUN_FLAGS, *ranks, *program]
 
     def _rank_environment(self, request: LaunchRequest, gang_id: str) -> dict[str, str]:
