@@ -31,6 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from scheduler.cost.planner import (
     Calibrated,
@@ -54,10 +55,18 @@ from scheduler.policies.placement import (
     place_gang,
 )
 from scheduler.policies.preemption import Preemptor, select_victims
-from scheduler.policies.quota import TenantUsage, admissible, borrowing_flags, reclaimable, usage_of
-from scheduler.shaping import ShapesOf, best_pool_first
+from scheduler.policies.quota import (
+    Decision,
+    TenantUsage,
+    admissible,
+    borrowing_flags,
+    reclaimable,
+    usage_of,
+)
+from scheduler.shaping import Shape, ShapesOf, best_pool_first
 
 DEFAULT_POLICY = PolicyConfig()
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,122 +121,192 @@ def _without(pool: PoolView, taken: DeviceList) -> PoolView:
 
 def run_cycle(snapshot: Snapshot, timer: Callable[[], float] = time.perf_counter,
               config: PolicyConfig = DEFAULT_POLICY) -> CycleResult:
-    """Decide admissions and preemptions for one cycle; the module docstring has the steps."""
-    seconds: dict[str, float] = {}
+    """Decide admissions and preemptions for one cycle; the module docstring has the steps,
+    each a method of :class:`_Cycle` timed into ``CycleResult.step_seconds``."""
     started = timer()
-
-    # 1. Order; with quotas, jobs that fit their tenant's nominal quota go before jobs that
-    #    would borrow (Kueue's rule), so a reclaimed borrower cannot re-borrow at once.
-    ordered = order_pending(snapshot, config)
-    if config.quotas.tenants:
-        ordered = _nominal_first(ordered, snapshot, config)
-    seconds["1_order"] = timer() - started
-
-    pools: dict[int, PoolView] = {pool.pool_id: pool for pool in snapshot.pools}
-    free: dict[int, FreeView] = {}
-    running = list(borrowing_flags(snapshot.running, config.quotas))
-    usage: dict[tuple[str, str], int] = {}
-    for row in usage_of(snapshot.running):
-        usage[(row.tenant, row.accelerator)] = usage.get((row.tenant, row.accelerator), 0) + \
-            row.devices
-    calibrated: dict[str, Calibrated] = {}
-    reservations: dict[int, Reservation] = {}
-    admissions: list[Admission] = []
-    preemptions: list[PreemptionOrder] = []
-    reasons: dict[int, str] = {}
-    placing_started = timer()
+    cycle = _Cycle.of(snapshot, config, timer)
+    ordered = cycle.timed("1_order", cycle.order)
     for job in ordered:
-        if job.kind not in calibrated:
-            calibrated[job.kind] = snapshot.calibrated_for(job.kind)
-        # 2. Match pools.
-        candidates = matching_pools(tuple(pools.values()), job.pool, job.accelerator)
+        cycle.place(job)
+    cycle.seconds["total"] = timer() - started
+    return CycleResult(tuple(cycle.admissions), cycle.reasons, cycle.seconds,
+                       tuple(cycle.preemptions))
+
+
+@dataclass
+class _Cycle:
+    """One cycle's what-if view of the cluster, changed by every admission and preemption
+    order it makes, and the seconds each named step took (summed over the jobs)."""
+
+    snapshot: Snapshot
+    config: PolicyConfig
+    timer: Callable[[], float]
+    pools: dict[int, PoolView]
+    running: list[RunningJobView]
+    usage: dict[tuple[str, str], int]
+    free: dict[int, FreeView] = field(default_factory=dict)
+    calibrated: dict[str, Calibrated] = field(default_factory=dict)
+    reservations: dict[int, Reservation] = field(default_factory=dict)
+    admissions: list[Admission] = field(default_factory=list)
+    preemptions: list[PreemptionOrder] = field(default_factory=list)
+    reasons: dict[int, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, snapshot: Snapshot, config: PolicyConfig,
+           timer: Callable[[], float]) -> _Cycle:
+        usage: dict[tuple[str, str], int] = {}
+        for row in usage_of(snapshot.running):
+            key = (row.tenant, row.accelerator)
+            usage[key] = usage.get(key, 0) + row.devices
+        return cls(snapshot, config, timer,
+                   pools={pool.pool_id: pool for pool in snapshot.pools},
+                   running=list(borrowing_flags(snapshot.running, config.quotas)),
+                   usage=usage)
+
+    def timed(self, step: str, action: Callable[..., _T], *args: object) -> _T:
+        """``action(*args)``, its seconds added to ``step``'s."""
+        mark = self.timer()
+        try:
+            return action(*args)
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + self.timer() - mark
+
+    # 1. Order
+    def order(self) -> list[PendingJobView]:
+        """Pending jobs by the ordering policy; with quotas, jobs that fit their tenant's
+        nominal quota before jobs that would borrow (Kueue's rule), so that a reclaimed
+        borrower cannot re-borrow at once."""
+        ordered = order_pending(self.snapshot, self.config)
+        if self.config.quotas.tenants:
+            ordered = _nominal_first(ordered, self.snapshot, self.config)
+        return ordered
+
+    def place(self, job: PendingJobView) -> None:
+        """Steps 2–8 for one job: admit it on the first pool that takes it, else preempt for
+        it or reserve what it wanted, and say why it waits."""
+        if job.kind not in self.calibrated:
+            self.calibrated[job.kind] = self.snapshot.calibrated_for(job.kind)
+        shapes_on = ShapesOf(job, self.free, self.running, self.calibrated[job.kind],
+                             self.config)
+        candidates = self.timed("2_match", self.match, job, shapes_on)
         if not candidates:
-            reasons[job.job_id] = (
-                f"no pool matches pool={job.pool!r} accelerator={job.accelerator!r}"
-            )
-            continue
+            self.reasons[job.job_id] = (
+                f"no pool matches pool={job.pool!r} accelerator={job.accelerator!r}")
+            return
         waits: list[str] = []
         blocked_on: list[tuple[PoolView, int]] = []
-        admitted = False
-        shapes_on = ShapesOf(job, free, running, calibrated[job.kind], config)
+        for pool in candidates:
+            if self.try_pool(job, pool, shapes_on, waits, blocked_on):
+                return
+        self.timed("8_preempt_reserve", self.preempt_or_reserve, job, blocked_on, waits)
+        self.reasons[job.job_id] = "; ".join(dict.fromkeys(waits))
+
+    # 2. Match pools
+    def match(self, job: PendingJobView, shapes_on: ShapesOf) -> tuple[PoolView, ...]:
+        """The pools that match the job's request; where several do, those that can start it
+        now first, best first for its objective."""
+        candidates = matching_pools(tuple(self.pools.values()), job.pool, job.accelerator)
         if len(candidates) > 1:
             candidates = best_pool_first(job, candidates, shapes_on)
-        for pool in candidates:
-            reservation = reservations.get(pool.pool_id)
-            if reservation is not None and not _may_pass(job, reservation, config):
-                waits.append(f"pool {pool.name}: reserved for {reservation.describe()}")
-                continue
-            # 4. Shapes (3. quota is judged on the best one below).
-            shapes, refused = shapes_on(pool)
-            waits += refused
-            if not shapes:
-                if not refused:
-                    waits.append(f"pool {pool.name}: no gang size the job allows fits it")
-                continue
-            best = shapes[0]
-            # 3. Quota.
-            held = [TenantUsage(tenant, accelerator, devices)
-                    for (tenant, accelerator), devices in usage.items()] \
-                if config.quotas.tenants else []
-            decision = admissible(best.devices, job.tenant, pool.accelerator, held,
-                                  config.quotas)
-            if not decision.ok:
-                waits.append(decision.reason)
-                if config.preemption and reservation is None:
-                    waits += _reclaim(job, pool, best.devices, held, running, config,
-                                      preemptions)
-                continue
-            if best.placement is None:
-                waits.append(f"waiting for {best.devices} devices in pool {pool.name} "
-                             f"({free[pool.pool_id].summary})")
-                blocked_on.append((pool, best.devices))
-                continue
-            # 6. Backfill past a reservation.
-            note = decision.reason if decision.borrowed_devices else ""
-            if reservation is not None:
-                run_s = best.prediction.run_time_s if best.prediction is not None else None
-                allowed, after, why = may_backfill(reservation, best.devices, run_s)
-                if not allowed:
-                    waits.append(f"pool {pool.name}: {why}")
-                    continue
-                reservations[pool.pool_id] = after
-                note = "; ".join(filter(None, [note, f"backfilled: {why}"]))
-            if len(shapes) > 1:
-                note = "; ".join(filter(None, [note, "shapes weighed: " + ", ".join(
-                    shape.describe() for shape in shapes)]))
-            # 7. Admit on this cycle's view.
-            devices = best.placement
-            assert best.plan is not None  # a placed shape is planned
-            plan = replace(best.plan, nodes=nodes_spanned(devices))
-            admissions.append(Admission(job.job_id, pool.pool_id, pool.name, pool.backend,
-                                        plan, devices, best.prediction, best.warning, note))
-            pools[pool.pool_id] = _without(pool, devices)
-            free[pool.pool_id] = FreeView.of(pools[pool.pool_id])
-            key = (job.tenant, pool.accelerator)
-            usage[key] = usage.get(key, 0) + best.devices
-            admitted = True
-            break
-        if admitted:
-            continue
-        # 8. Preempt for the blocked job (only where it is the first blocked job, so the
-        #    devices it frees cannot go to a job ordered ahead of it, and in one pool only),
-        #    and reserve what it wanted.
+        return tuple(candidates)
+
+    def try_pool(self, job: PendingJobView, pool: PoolView, shapes_on: ShapesOf,
+                 waits: list[str], blocked_on: list[tuple[PoolView, int]]) -> bool:
+        """Steps 3–7 on one pool: True once the job is admitted there; else what stood in
+        the way goes to ``waits`` (and ``blocked_on`` when only free devices were missing)."""
+        reservation = self.reservations.get(pool.pool_id)
+        if reservation is not None and not _may_pass(job, reservation, self.config):
+            waits.append(f"pool {pool.name}: reserved for {reservation.describe()}")
+            return False
+        # 4.–5. Shapes and their plans (3. quota is judged on the best one below).
+        shapes, refused = self.timed("4_5_shape_plan", shapes_on, pool)
+        waits += refused
+        if not shapes:
+            if not refused:
+                waits.append(f"pool {pool.name}: no gang size the job allows fits it")
+            return False
+        best = shapes[0]
+        decision = self.timed("3_quota", self.quota, job, pool, best.devices, reservation,
+                              waits)
+        if decision is None:
+            return False
+        if best.placement is None:
+            waits.append(f"waiting for {best.devices} devices in pool {pool.name} "
+                         f"({self.free[pool.pool_id].summary})")
+            blocked_on.append((pool, best.devices))
+            return False
+        note = decision.reason if decision.borrowed_devices else ""
+        if reservation is not None:
+            allowed, note = self.timed("6_backfill", self.backfill, pool, best, reservation,
+                                       note, waits)
+            if not allowed:
+                return False
+        if len(shapes) > 1:
+            note = "; ".join(filter(None, [note, "shapes weighed: " + ", ".join(
+                shape.describe() for shape in shapes)]))
+        self.timed("7_admit", self.admit, job, pool, best, note)
+        return True
+
+    # 3. Quota
+    def quota(self, job: PendingJobView, pool: PoolView, devices: int,
+              reservation: Reservation | None, waits: list[str]) -> Decision | None:
+        """The quota decision for ``devices`` on ``pool``; None (and the reasons, and a
+        reclaim by preemption where allowed) when the tenant may not have them."""
+        held = [TenantUsage(tenant, accelerator, count)
+                for (tenant, accelerator), count in self.usage.items()] \
+            if self.config.quotas.tenants else []
+        decision = admissible(devices, job.tenant, pool.accelerator, held, self.config.quotas)
+        if decision.ok:
+            return decision
+        waits.append(decision.reason)
+        if self.config.preemption and reservation is None:
+            waits += _reclaim(job, pool, devices, held, self.running, self.config,
+                              self.preemptions)
+        return None
+
+    # 6. Backfill past a reservation
+    def backfill(self, pool: PoolView, best: Shape, reservation: Reservation, note: str,
+                 waits: list[str]) -> tuple[bool, str]:
+        run_s = best.prediction.run_time_s if best.prediction is not None else None
+        allowed, after, why = may_backfill(reservation, best.devices, run_s)
+        if not allowed:
+            waits.append(f"pool {pool.name}: {why}")
+            return False, note
+        self.reservations[pool.pool_id] = after
+        return True, "; ".join(filter(None, [note, f"backfilled: {why}"]))
+
+    # 7. Admit on this cycle's view
+    def admit(self, job: PendingJobView, pool: PoolView, best: Shape, note: str) -> None:
+        devices = best.placement
+        assert devices is not None and best.plan is not None  # a placed shape is planned
+        plan = replace(best.plan, nodes=nodes_spanned(devices))
+        self.admissions.append(Admission(job.job_id, pool.pool_id, pool.name, pool.backend,
+                                         plan, devices, best.prediction, best.warning, note))
+        self.pools[pool.pool_id] = _without(pool, devices)
+        self.free[pool.pool_id] = FreeView.of(self.pools[pool.pool_id])
+        key = (job.tenant, pool.accelerator)
+        self.usage[key] = self.usage.get(key, 0) + best.devices
+
+    # 8. Preempt for a blocked job, and reserve what it wanted
+    def preempt_or_reserve(self, job: PendingJobView, blocked_on: list[tuple[PoolView, int]],
+                           waits: list[str]) -> None:
+        """Preempt only where the job is the first blocked one (the devices it frees cannot
+        go to a job ordered ahead of it) and in one pool only; reserve every pool it
+        wanted."""
         preempted = False
         for pool, devices in blocked_on:
-            if config.preemption and not preempted and pool.pool_id not in reservations \
+            if self.config.preemption and not preempted \
+                    and pool.pool_id not in self.reservations \
                     and any(other.pool_id == pool.pool_id
                             and (other.preempting or other.priority < job.priority)
-                            for other in running):
-                found = _preempt(job, pool, devices, running, preemptions)
+                            for other in self.running):
+                found = _preempt(job, pool, devices, self.running, self.preemptions)
                 waits += found
                 preempted = bool(found)
-            if pool.pool_id not in reservations:
-                reservations[pool.pool_id] = reserve(job.job_id, job.name, pool, devices,
-                                                     running)
-        reasons[job.job_id] = "; ".join(dict.fromkeys(waits))
-    seconds["2_8_match_quota_shape_plan_admit"] = timer() - placing_started
-    seconds["total"] = timer() - started
-    return CycleResult(tuple(admissions), reasons, seconds, tuple(preemptions))
+            if pool.pool_id not in self.reservations:
+                self.reservations[pool.pool_id] = reserve(job.job_id, job.name, pool, devices,
+                                                          self.running)
 
 
 def _nominal_first(ordered: list[PendingJobView], snapshot: Snapshot,
