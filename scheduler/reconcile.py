@@ -1,12 +1,12 @@
 """The scheduler's view of the gangs it launched: signal, poll, ingest progress, settle.
 
-:class:`Reconciler` is the first step of every tick (:class:`scheduler.tick.Ticker` extends
-it): it sends each gang told to stop (a cancel requested through the API, a preemption not
+:class:`Reconciler` is the first step of every tick (:class:`scheduler.tick.Ticker` holds
+one): it sends each gang told to stop (a cancel requested through the API, a preemption not
 signalled yet) its one SIGTERM and kills one that overstays its grace period; polls every gang
 that holds devices and folds its new progress events into the job; and settles gangs that
 ended — succeeded, failed (retried while attempts remain, from the newest checkpoint on disk),
 preempted (requeued), cancelled. An ADMITTED job whose launch never got recorded gives its
-devices back (docs/replicas.md). Every write goes through :meth:`Reconciler._write`, which
+devices back (docs/replicas.md). Every write goes through :func:`fenced_write`, which
 checks the scheduler lease first when a :class:`~scheduler.db.lease.Fence` is given.
 """
 
@@ -29,7 +29,6 @@ from scheduler.db.session import Database
 from scheduler.domain.state import LIVE_STATES, JobState
 from scheduler.gangs.backend import Backend, GangPhase, GangStatus
 from scheduler.progress import apply_progress
-from scheduler.trust import JobTrust
 
 log = logging.getLogger("corral.tick")
 
@@ -44,31 +43,16 @@ DEFAULT_GRACE_S = 30.0
 class Reconciler:
     """Keeps the database in step with the gangs on the backends (module docstring)."""
 
-    def __init__(self, db: Database, backends: Mapping[str, Backend], runs_dir: Path,
+    def __init__(self, db: Database, backends: Mapping[str, Backend],
                  grace_s: float = DEFAULT_GRACE_S,
-                 unlaunched_timeout_s: float = UNLAUNCHED_TIMEOUT_S,
-                 trust: JobTrust | None = None, records_dir: Path | None = None) -> None:
+                 unlaunched_timeout_s: float = UNLAUNCHED_TIMEOUT_S) -> None:
         self.db = db
-        self.backends = dict(backends)
-        self.runs_dir = runs_dir
-        self.records_dir = records_dir or runs_dir.parent / "records"
-        """The service's own files per job (job files' launch records, logs), which the
-        ranks cannot write: ``records/job-ID/``."""
+        self.backends = backends
+        """Backend name -> backend; the service's own mapping, shared with the dispatcher."""
         self.grace_s = grace_s
         self.unlaunched_timeout_s = unlaunched_timeout_s
-        self.trust = trust
-        """Server mode's job identities and allowed roots; None: embedded mode."""
 
-    @contextmanager
-    def _write(self, fence: Fence | None) -> Iterator[Session]:
-        """A write transaction of the tick; with ``fence``, only while the lease is still ours."""
-        with self.db.write() as session:
-            if fence is not None:
-                lease.check(session, fence, utcnow())
-            yield session
-
-
-    def _signal_preemptions(self, fence: Fence | None = None) -> None:
+    def signal_preemptions(self, fence: Fence | None = None) -> None:
         """Send each gang told to stop (preempted by the cycle, or cancelled through
         :meth:`request_cancel`) its one SIGTERM; kill one that overstays its grace.
 
@@ -89,7 +73,7 @@ class Reconciler:
             why = "cancellation" if cancelling else "preemption"
             if signalled_at is None:
                 backend.preempt(handle)
-                with self._write(fence) as session:
+                with fenced_write(self.db, fence) as session:
                     job = repo.get_job(session, job_id, lock=True)
                     job.preempt_signalled_at = utcnow()
                     repo.note(session, job, f"SIGTERM sent: checkpoint and stop for {why}")
@@ -98,16 +82,9 @@ class Reconciler:
                             self.grace_s)
                 backend.cancel(handle, 0.0)
 
-    @staticmethod
-    def _resume_point(session: Any, job: Job) -> str | None:
-        for checkpoint in reversed(repo.checkpoints(session, job.id)):
-            if Path(checkpoint.path).is_dir():
-                return checkpoint.path
-        return None
-
     # --- reconcile --------------------------------------------------------------------------
 
-    def _reconcile(self, fence: Fence | None = None) -> dict[int, str]:
+    def reconcile(self, fence: Fence | None = None) -> dict[int, str]:
         """Poll every gang that holds devices; ingest its progress; settle the ones that ended.
         Returns the states those jobs ended in, by job id."""
         ended: dict[int, str] = {}
@@ -123,9 +100,9 @@ class Reconciler:
             if backend is None:
                 continue
             status = backend.poll(handle)  # first: once it ended, its events are complete
-            self._ingest_progress(job_id, backend, handle, progress_offset, fence)
+            self.ingest_progress(job_id, backend, handle, progress_offset, fence)
             if status.phase is not GangPhase.RUNNING:
-                outcome = self._settle(job_id, status, fence, handle)
+                outcome = self.settle(job_id, status, fence, handle)
                 if outcome:
                     ended[job_id] = outcome
         return ended
@@ -136,7 +113,7 @@ class Reconciler:
         A job admitted under an older lease epoch is taken back at once: the replica that
         admitted it no longer leads, so its RUNNING commit would fail the fence (and it kills
         any gang it launched). It is requeued without counting as a failure."""
-        with self._write(fence) as session:
+        with fenced_write(self.db, fence) as session:
             job = repo.get_job(session, job_id, lock=True)
             if job.state != JobState.ADMITTED.value or job.backend_handle is not None:
                 return
@@ -158,16 +135,16 @@ class Reconciler:
             repo.transition(session, job, JobState.FAILED,
                             f"admitted but not launched within {self.unlaunched_timeout_s:.0f} s "
                             f"(the scheduler that admitted it stopped)")
-            self._maybe_retry(session, job)
+            maybe_retry(session, job)
 
-    def _ingest_progress(self, job_id: int, backend: Backend, handle: str, cursor: int,
+    def ingest_progress(self, job_id: int, backend: Backend, handle: str, cursor: int,
                          fence: Fence | None = None) -> None:
         """Fold the gang's new progress events (through its backend, from ``cursor``) into the
         job; no write transaction when there is nothing new."""
         events, after = backend.events(handle, cursor)
         if not events and after == cursor:
             return
-        with self._write(fence) as session:
+        with fenced_write(self.db, fence) as session:
             job = repo.get_job(session, job_id, lock=True)
             if job.backend_handle != handle or job.progress_offset != cursor:
                 return  # the job moved on, or another writer read these events already
@@ -175,10 +152,10 @@ class Reconciler:
             for event in events:
                 apply_progress(session, job, event)
 
-    def _settle(self, job_id: int, status: GangStatus, fence: Fence | None = None,
+    def settle(self, job_id: int, status: GangStatus, fence: Fence | None = None,
                 handle: str | None = None) -> str | None:
         """Record how a gang ended; with ``handle``, only if it is still the job's gang."""
-        with self._write(fence) as session:
+        with fenced_write(self.db, fence) as session:
             job = repo.get_job(session, job_id, lock=True)
             if JobState(job.state) not in LIVE_STATES:
                 return None
@@ -208,21 +185,41 @@ class Reconciler:
             else:
                 repo.transition(session, job, JobState.FAILED,
                                 status.reason or f"gang failed (exit {status.exit_code})", detail)
-                self._maybe_retry(session, job, status.retryable)
+                maybe_retry(session, job, status.retryable)
             return job.state
 
-    def _maybe_retry(self, session: Any, job: Job, retryable: bool = True) -> None:
-        if not retryable:
-            repo.note(session, job, "not retried: this failure would repeat on every attempt; "
-                                    "fix the spec or its files and submit again")
-            return
-        failures = repo.failure_count(session, job.id)
-        if failures < job.max_attempts:
-            checkpoint = self._resume_point(session, job)
-            where = f"from checkpoint {checkpoint}" if checkpoint else "from the start"
-            repo.transition(session, job, JobState.PENDING,
-                            f"retry after failure {failures} of {job.max_attempts} allowed; "
-                            f"resumes {where}")
-        else:
-            repo.note(session, job, f"gave up after {failures} failures "
-                                    f"(resources.max_attempts = {job.max_attempts})")
+
+@contextmanager
+def fenced_write(db: Database, fence: Fence | None) -> Iterator[Session]:
+    """A write transaction of the tick; with ``fence``, only while the lease is still ours."""
+    with db.write() as session:
+        if fence is not None:
+            lease.check(session, fence, utcnow())
+        yield session
+
+
+def resume_point(session: Any, job: Job) -> str | None:
+    """The newest checkpoint of the job that is still on disk, to resume its next attempt."""
+    for checkpoint in reversed(repo.checkpoints(session, job.id)):
+        if Path(checkpoint.path).is_dir():
+            return checkpoint.path
+    return None
+
+
+def maybe_retry(session: Any, job: Job, retryable: bool = True) -> None:
+    """Requeue a failed job while attempts remain (from its newest checkpoint), unless its
+    failure would repeat; note why not otherwise."""
+    if not retryable:
+        repo.note(session, job, "not retried: this failure would repeat on every attempt; "
+                                "fix the spec or its files and submit again")
+        return
+    failures = repo.failure_count(session, job.id)
+    if failures < job.max_attempts:
+        checkpoint = resume_point(session, job)
+        where = f"from checkpoint {checkpoint}" if checkpoint else "from the start"
+        repo.transition(session, job, JobState.PENDING,
+                        f"retry after failure {failures} of {job.max_attempts} allowed; "
+                        f"resumes {where}")
+    else:
+        repo.note(session, job, f"gave up after {failures} failures "
+                                f"(resources.max_attempts = {job.max_attempts})")

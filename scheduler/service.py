@@ -1,7 +1,7 @@
 """The scheduler service: the only place that joins the database, the cycle and the backends.
 
-:class:`SchedulerService` is the :class:`~scheduler.tick.Ticker` (the tick: reconcile →
-snapshot → cycle → commit → dispatch) plus what users ask of it: submit (validated, planned,
+:class:`SchedulerService` composes the tick (:class:`~scheduler.tick.Ticker`: reconcile →
+snapshot → cycle → commit → dispatch) and adds what users ask of it: submit (validated, planned,
 limited per tenant, once per idempotency key), cancel, and the read side — the JSON-able
 answers ``corral`` prints and the REST API serves.
 """
@@ -9,6 +9,8 @@ answers ``corral`` prints and the REST API serves.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,11 @@ from sqlalchemy.exc import IntegrityError
 from scheduler.calibrate import measured_step_time
 from scheduler.cost.hardware import lookup
 from scheduler.db import repo, submissions
+from scheduler.db.lease import Fence
 from scheduler.db.models import Job, Pool, Tenant, as_utc, utcnow
+from scheduler.db.session import Database
 from scheduler.db.submissions import SubmitLimits, Submitted
+from scheduler.dispatch import Dispatcher
 from scheduler.domain.errors import (
     CorralError,
     SpecError,
@@ -35,18 +40,45 @@ from scheduler.domain.spec import (
     redact_spec,
 )
 from scheduler.domain.state import LIVE_STATES, JobState
-from scheduler.gangs.backend import GangPhase, GangStatus
+from scheduler.gangs.backend import Backend, GangPhase, GangStatus
 from scheduler.gangs.protocol import EXPORT_DIR_NAME
 from scheduler.planning import ModelInput, plan_spec, profile_fields
+from scheduler.policies.config import Ordering
 from scheduler.policies.placement import check_schedulable
-from scheduler.reconcile import DEFAULT_GRACE_S, UNLAUNCHED_TIMEOUT_S
+from scheduler.reconcile import DEFAULT_GRACE_S, UNLAUNCHED_TIMEOUT_S, Reconciler
 from scheduler.tick import Ticker, TickReport
+from scheduler.trust import JobTrust
 
 log = logging.getLogger("corral.service")
 
 
-class SchedulerService(Ticker):
-    """Submit, schedule, dispatch and reconcile jobs over one database and some backends."""
+class SchedulerService:
+    """Submit, schedule, dispatch and reconcile jobs over one database and some backends.
+
+    Composed of a :class:`Reconciler`, a :class:`Dispatcher` and the :class:`Ticker` that runs
+    them around each cycle; this class adds what users ask (submit, cancel, the read side)."""
+
+    def __init__(self, db: Database, backends: Mapping[str, Backend], runs_dir: Path,
+                 grace_s: float = DEFAULT_GRACE_S,
+                 timer: Callable[[], float] = time.perf_counter,
+                 ordering: Ordering = "fair_share", preemption: bool = True,
+                 backfill: bool = True, moldable: bool = True,
+                 unlaunched_timeout_s: float = UNLAUNCHED_TIMEOUT_S,
+                 trust: JobTrust | None = None, records_dir: Path | None = None) -> None:
+        self.db = db
+        self.backends: dict[str, Backend] = dict(backends)
+        self.runs_dir = runs_dir
+        self.grace_s = grace_s
+        self.trust = trust
+        self.reconciler = Reconciler(db, self.backends, grace_s, unlaunched_timeout_s)
+        self.dispatcher = Dispatcher(db, self.backends, runs_dir, records_dir, trust, timer)
+        self.records_dir = self.dispatcher.records_dir
+        self.ticker = Ticker(db, self.reconciler, self.dispatcher, timer, ordering,
+                             preemption, backfill, moldable)
+
+    def tick(self, fence: Fence | None = None) -> TickReport:
+        """One pass of reconcile → snapshot → cycle → commit → dispatch (:mod:`scheduler.tick`)."""
+        return self.ticker.tick(fence)
 
     # --- submit ---------------------------------------------------------------------------
 
@@ -205,9 +237,9 @@ class SchedulerService(Ticker):
         if backend is not None and handle is not None:
             backend.cancel(handle, self.grace_s)
             status = backend.poll(handle)
-            self._ingest_progress(job_id, backend, handle, cursor)
+            self.reconciler.ingest_progress(job_id, backend, handle, cursor)
             if status.phase is not GangPhase.RUNNING:
-                self._settle(job_id, GangStatus(GangPhase.CANCELLED, status.exit_code,
+                self.reconciler.settle(job_id, GangStatus(GangPhase.CANCELLED, status.exit_code,
                                                 status.reason))
         with self.db.read() as session:
             return repo.get_job(session, job_id).state

@@ -14,11 +14,11 @@ import pytest
 
 from scheduler.db import repo
 from scheduler.db.session import Database
+from scheduler.dispatch import HOLD_S
 from scheduler.domain.state import JobState
 from scheduler.gangs.backend import GangPhase
 from scheduler.gangs.protocol import LaunchRequest
 from scheduler.service import SchedulerService
-from scheduler.tick import HOLD_S
 from tests.builders import make_spec
 from workers.backends.fake import FakeBackend
 from workers.backends.local import LocalBackend

@@ -105,7 +105,7 @@ def test_a_requeued_job_forgets_the_gang_of_its_last_attempt(
     with service.db.write() as session:
         job = repo.get_job(session, job_id, lock=True)
         assert job.backend_handle == f"fake:{job_id}:1"
-    service._reconcile()
+    service.reconciler.reconcile()
     with service.db.read() as session:
         job = repo.get_job(session, job_id)
         assert (job.state, job.backend_handle) == (JobState.PENDING.value, None)

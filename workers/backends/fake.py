@@ -32,6 +32,7 @@ class FakeBackend:
         if self.fail_launch:
             raise BackendError("fake backend told to refuse launches")
         handle = f"fake:{request.job_id}:{request.attempt}"
+        Path(request.log_path).parent.mkdir(parents=True, exist_ok=True)  # as a real one does
         if request.run_dir:  # as the local backend does: tests write into it, or fill its disk
             Path(request.run_dir).mkdir(parents=True, exist_ok=True)
             if request.job is not None:
