@@ -14,27 +14,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from scheduler.domain.spec import SECRET_MASK
+from scheduler.gangs.backend import FileLog, LogSource
 
 MASK = SECRET_MASK.encode()
 UTF8_MAX_BYTES = 4
 
 
-def read_masked(path: Path | None, offset: int, max_bytes: int, secrets: tuple[str, ...],
-                finished: bool) -> tuple[str, int]:
-    """The text of ``path`` from byte ``offset`` (about ``max_bytes`` of it), secrets masked,
-    and the offset to read from next."""
-    try:
-        size = path.stat().st_size if path is not None else 0
-    except OSError:
-        size = 0
-    if path is None or offset >= size:
+def read_masked(log: LogSource | Path | None, offset: int, max_bytes: int,
+                secrets: tuple[str, ...], finished: bool) -> tuple[str, int]:
+    """The text of ``log`` (a gang's log through its backend, or a file) from byte ``offset``
+    (about ``max_bytes`` of it), secrets masked, and the offset to read from next."""
+    source = FileLog(log) if isinstance(log, Path) else log
+    size = source.size() if source is not None else 0
+    if source is None or offset >= size:
         return "", offset
     needles = sorted({secret.encode() for secret in secrets if secret}, key=len, reverse=True)
     margin = max([UTF8_MAX_BYTES, *(len(needle) for needle in needles)]) - 1
     start = offset - min(offset, margin)
-    with path.open("rb") as file:
-        file.seek(start)
-        window = file.read(offset - start + max_bytes + margin)
+    window = source.read(start, offset - start + max_bytes + margin)
     first = offset - start
     end = min(first + max_bytes, len(window))
     at_eof = start + len(window) >= size

@@ -146,7 +146,8 @@ class Dispatcher:
                 repo.transition(session, job, JobState.RUNNING,
                                 f"attempt {attempt} started on {admission.backend}{resumed}",
                                 {"attempt": attempt, "resume_from": checkpoint,
-                                 "log": request.log_path})
+                                 "log": request.log_path, "backend": admission.backend,
+                                 "handle": handle})
         except (StaleLeaderError, _NotWanted) as err:
             log.warning("job %s attempt %s: launched but not recorded (%s); killing the gang",
                         admission.job_id, attempt, err)

@@ -33,14 +33,14 @@ from scheduler.domain.errors import (
 from scheduler.domain.locations import is_job_ref, job_ref_name
 from scheduler.domain.plan import Plan
 from scheduler.domain.resources import PendingJobView, PoolView
-from scheduler.domain.roots import check_spec_files
+from scheduler.domain.roots import check_spec_files, within
 from scheduler.domain.spec import (
     JobSpec,
     parse_spec,
     redact_spec,
 )
 from scheduler.domain.state import LIVE_STATES, JobState
-from scheduler.gangs.backend import Backend, GangPhase, GangStatus
+from scheduler.gangs.backend import Backend, BackendLog, FileLog, GangPhase, GangStatus, LogSource
 from scheduler.gangs.protocol import EXPORT_DIR_NAME
 from scheduler.planning import ModelInput, plan_spec, profile_fields
 from scheduler.policies.config import Ordering
@@ -297,17 +297,33 @@ class SchedulerService:
                  "price_per_device_hour": p.price_per_device_hour,
                  "peak_flops": _peak_flops(p)} for p in views]
 
-    def log_path(self, job_id: int, attempt: int | None = None,
-                 tenant: str | None = None) -> Path | None:
-        """The log of ``attempt`` (default: the latest) of a job, if it has started."""
+    def log_source(self, job_id: int, attempt: int | None = None,
+                   tenant: str | None = None) -> LogSource | None:
+        """The log of ``attempt`` (default: the latest) of a job, read through the backend
+        that ran it; None before it started.
+
+        Each attempt's RUNNING event names its backend and gang. A replica without that
+        backend (API only), or an attempt recorded before gangs were named there, reads the
+        log file the event recorded, and only inside this service's records folder: never
+        a path in a run folder, whose entries the ranks control."""
         with self.db.read() as session:
             job = repo.get_job(session, job_id, tenant=tenant)
             chosen = attempt or job.attempts
-            if not job.run_dir or chosen < 1:
+            if chosen < 1:
                 return None
-            # In the service's records folder: never in the run folder, whose entries the
-            # ranks control (a link there would make the server read any file for them).
-            return self.records_dir / f"job-{job.id}" / f"attempt-{chosen}.log"
+            started = [event.detail for event in repo.events(session, job.id)
+                       if event.to_state == JobState.RUNNING.value and event.detail
+                       and event.detail.get("attempt") == chosen]
+        if not started:
+            return None
+        detail = started[-1]
+        backend = self.backends.get(str(detail.get("backend")))
+        if backend is not None and isinstance(detail.get("handle"), str):
+            return BackendLog(backend, detail["handle"])
+        recorded = detail.get("log")
+        if isinstance(recorded, str) and within(Path(recorded), [str(self.records_dir)]):
+            return FileLog(Path(recorded))
+        return None
 
     def job_state(self, job_id: int, tenant: str | None = None) -> JobState:
         with self.db.read() as session:

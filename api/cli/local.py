@@ -56,12 +56,8 @@ class EmbeddedCorral:
         ``GET /v1/jobs/{id}/logs`` answers (``attempt`` as asked; ``latest_attempt`` 0: no
         attempt has started)."""
         info = self.service.describe(job_id)
-        path = self.service.log_path(job_id, attempt)
-        chunk = b""
-        if path is not None and path.exists():
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read(max_bytes)
+        log = self.service.log_source(job_id, attempt)
+        chunk = log.read(offset, max_bytes) if log is not None else b""
         return {"attempt": attempt, "latest_attempt": info["attempts"],
                 "offset": offset + len(chunk), "data": chunk.decode(errors="replace"),
                 "finished": info["state"] in FINAL_STATES}

@@ -50,9 +50,9 @@ def job_logs(
     if attempt is not None and attempt > context.attempts:
         raise NotFoundError(f"job {job_id} has no attempt {attempt}; attempts so far: "
                             f"{context.attempts}")
-    path = service.log_path(job_id, attempt, scope)
+    log = service.log_source(job_id, attempt, scope)
     # An earlier attempt's log is complete even while the job runs on.
     complete = context.finished or (attempt is not None and attempt < context.attempts)
-    data, next_offset = read_masked(path, offset, max_bytes, context.secrets, complete)
+    data, next_offset = read_masked(log, offset, max_bytes, context.secrets, complete)
     return {"attempt": attempt, "latest_attempt": context.attempts, "offset": next_offset,
             "data": data, "finished": context.finished}

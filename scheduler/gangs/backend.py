@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Protocol
 
 from scheduler.domain.capabilities import BackendCapabilities
@@ -65,9 +66,62 @@ class Backend(Protocol):
         """Path of the gang's combined log file."""
         ...
 
+    def read_log(self, handle: str, offset: int, max_bytes: int) -> tuple[bytes, int]:
+        """Up to ``max_bytes`` of the gang's combined log from byte ``offset``, and the log's
+        size now; (b"", 0) for a gang whose log is gone."""
+        ...
+
     def events(self, handle: str, cursor: int) -> tuple[list[ProgressEvent], int]:
         """Progress events the gang's rank 0 reported after ``cursor`` (0 at first), typed and
         checked (:func:`scheduler.gangs.events.parse_events`), and the cursor to ask from next
         time: the scheduler reads progress only through its backend, never from a folder of
         the ranks. Never raises for a gang that is gone."""
         ...
+
+
+class LogSource(Protocol):
+    """A log read in pieces (:func:`api.logs.read_masked`): its size now and a byte range."""
+
+    def size(self) -> int: ...
+
+    def read(self, start: int, length: int) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BackendLog:
+    """The log of one gang, read through its backend."""
+
+    backend: Backend
+    handle: str
+
+    def size(self) -> int:
+        return self.backend.read_log(self.handle, 0, 0)[1]
+
+    def read(self, start: int, length: int) -> bytes:
+        return self.backend.read_log(self.handle, start, length)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class FileLog:
+    """A log file on this machine (a gang's log recorded before backends served logs)."""
+
+    path: Path
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+    def read(self, start: int, length: int) -> bytes:
+        return read_file_range(self.path, start, length)
+
+
+def read_file_range(path: Path, start: int, length: int) -> bytes:
+    """``length`` bytes of ``path`` from ``start`` (fewer at its end; none if it is gone)."""
+    try:
+        with path.open("rb") as file:
+            file.seek(start)
+            return file.read(length)
+    except OSError:
+        return b""

@@ -13,7 +13,7 @@ from scheduler.db.models import Job, JobEvent, utcnow
 from scheduler.domain.errors import SpecError, UnschedulableError
 from scheduler.domain.plan import Plan, Strategy
 from scheduler.domain.state import JobState
-from scheduler.gangs.backend import GangPhase
+from scheduler.gangs.backend import BackendLog, FileLog, GangPhase
 from scheduler.gangs.protocol import EXIT_PREEMPTED, append_progress
 from scheduler.service import SchedulerService
 from tests.builders import make_spec
@@ -246,3 +246,18 @@ def test_a_model_that_fits_no_pool_is_refused_at_submit(service: SchedulerServic
     with pytest.raises(UnschedulableError, match="fits no pool: needs .* GiB per device"):
         service.submit(make_spec(resources__devices=1, data__seq_len=8192), huge)
     assert _job_count(service) == 0
+
+
+def test_a_log_is_read_through_the_backend_that_ran_its_attempt(
+    service: SchedulerService, fake_backend: FakeBackend
+) -> None:
+    job_id = service.submit(make_spec(resources__pool="cpu", resources__devices=1))
+    assert service.log_source(job_id) is None  # not started
+    service.tick()
+    Path(fake_backend.launched[-1].log_path).write_text("hello from rank 0\n")
+    source = service.log_source(job_id)
+    assert isinstance(source, BackendLog) and source.read(6, 4) == b"from"
+    assert source.size() == len("hello from rank 0\n")
+    del service.backends["fake"]  # an API-only replica: the file the service recorded
+    fallback = service.log_source(job_id, attempt=1)
+    assert isinstance(fallback, FileLog) and fallback.read(0, 5) == b"hello"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from scheduler.domain.capabilities import SPANS_NODES, BackendCapabilities
 from scheduler.domain.errors import BackendError
-from scheduler.gangs.backend import GangPhase, GangStatus
+from scheduler.gangs.backend import FileLog, GangPhase, GangStatus, read_file_range
 from scheduler.gangs.events import ProgressEvent, parse_events
 from scheduler.gangs.protocol import PROGRESS_FILE, LaunchRequest, read_progress
 
@@ -58,6 +58,12 @@ class FakeBackend:
 
     def log_path(self, handle: str) -> str:
         return self._logs.get(handle, "")
+
+    def read_log(self, handle: str, offset: int, max_bytes: int) -> tuple[bytes, int]:
+        """What a test wrote at the gang's log path."""
+        path = Path(self._logs.get(handle, "/nonexistent"))
+        size = FileLog(path).size()
+        return (read_file_range(path, offset, max_bytes) if max_bytes else b""), size
 
     def events(self, handle: str, cursor: int) -> tuple[list[ProgressEvent], int]:
         """What a test appended to the gang's progress file, as the local backend reads it."""

@@ -35,7 +35,7 @@ from typing import Any
 
 from scheduler.domain.capabilities import capabilities_of
 from scheduler.domain.errors import BackendError, LaunchRefusedError
-from scheduler.gangs.backend import GangPhase, GangStatus
+from scheduler.gangs.backend import FileLog, GangPhase, GangStatus, read_file_range
 from scheduler.gangs.events import ProgressEvent, parse_events
 from scheduler.gangs.protocol import (
     EXIT_PREEMPTED,
@@ -226,6 +226,12 @@ class LocalBackend:
     def log_path(self, handle: str) -> str:
         """Path of the gang's combined log: supervisor, torchrun and every rank."""
         return _Gang.from_handle(handle).log_path
+
+    def read_log(self, handle: str, offset: int, max_bytes: int) -> tuple[bytes, int]:
+        """A piece of the gang's log file and its size now."""
+        path = Path(_Gang.from_handle(handle).log_path)
+        size = FileLog(path).size()
+        return (read_file_range(path, offset, max_bytes) if max_bytes else b""), size
 
     def events(self, handle: str, cursor: int) -> tuple[list[ProgressEvent], int]:
         """Rank 0's progress events after byte ``cursor`` of the job's progress file."""
