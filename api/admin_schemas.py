@@ -8,6 +8,9 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from api.schemas import NAME_PATTERN, Role, Schema
+from scheduler.domain.roots import MAX_ROOTS
+from scheduler.domain.spec_limits import MAX_PATH_CHARS
+from scheduler.trust import JOB_USER
 
 ACCELERATOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._+-]*$"
 BACKEND_PATTERN = r"^[a-z][a-z0-9_-]*$"
@@ -76,7 +79,8 @@ class NodeList(Schema):
 # --- tenants and quotas ------------------------------------------------------------------------
 
 
-JOB_USER_PATTERN = r"^(?:[a-z_][a-z0-9_-]{0,31}|\d{1,10}(?::\d{1,10})?)$"
+RootFolder = Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS)]
+"""A folder of a tenant's allowed roots (checked further by scheduler.domain.roots)."""
 
 
 class TenantUpdate(Schema):
@@ -89,14 +93,14 @@ class TenantUpdate(Schema):
     submissions_per_minute: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
     max_priority: int | None = Field(default=None, ge=-1000, le=1000)
     job_user: str | None = Field(
-        default=None, min_length=1, max_length=64, pattern=JOB_USER_PATTERN,
+        default=None, min_length=1, max_length=64, pattern=JOB_USER.pattern,
         description="whom the tenant's ranks run as: a user name, UID or UID:GID; null: the "
                     "server's job_user")
-    data_roots: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
-        default=None, max_length=32,
+    data_roots: list[RootFolder] | None = Field(
+        default=None, max_length=MAX_ROOTS,
         description="absolute folders the tenant's data.path may lie in; null: the server's")
-    model_roots: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
-        default=None, max_length=32,
+    model_roots: list[RootFolder] | None = Field(
+        default=None, max_length=MAX_ROOTS,
         description="absolute folders the tenant's model.path and tokenizer.path may lie in; "
                     "null: the server's")
 

@@ -37,7 +37,6 @@ from scheduler.cost.calibration import (
     EfficiencyEstimate,
     Folded,
     StepObservation,
-    Verdict,
     run_weight,
     update,
 )
@@ -125,22 +124,20 @@ def recalibrate(session: Any, job: Job) -> float | None:
         if row.observations > 0 and row.efficiency > 0 \
         else EfficiencyEstimate(prior_efficiency(*seen.key) or seen.efficiency_used, 0)
     folded = update(current, seen.observed_efficiency(), seen.step_reports)
-    moved = folded.verdict in (Verdict.FOLDED, Verdict.BOUNDED)
-    if moved:
+    if folded.moved:
         row.efficiency = folded.estimate.efficiency
         row.observations = folded.estimate.weight
         row.updated_at = utcnow()
         session.flush()
     _note(session, job, seen, current, folded)
-    return folded.estimate.efficiency if moved else None
+    return folded.estimate.efficiency if folded.moved else None
 
 
 def _note(session: Any, job: Job, seen: StepObservation, current: EfficiencyEstimate,
           folded: Folded) -> None:
     """Say on the job's events what its measurement did to η, with the numbers."""
-    moved = folded.verdict in (Verdict.FOLDED, Verdict.BOUNDED)
     outcome = (f"η {current.efficiency:.3g} → {folded.estimate.efficiency:.3g}, weight "
-               f"{folded.estimate.weight} step reports" if moved
+               f"{folded.estimate.weight} step reports" if folded.moved
                else f"η {current.efficiency:.3g} left alone")
     repo.note(session, job, (
         f"calibration {seen.key[0]}/{seen.key[1]}: measured {seen.measured_step_s * 1e3:.3g} "

@@ -32,22 +32,27 @@ def audit_home(home: Path, traverse: bool = False,
     problems = []
     allowed_dir = 0o011 if traverse else 0
     for folder in (home, home / "runs", home / "records"):
-        if folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) & 0o077 & ~allowed_dir:
+        if folder.is_dir() and (mode := _mode(folder)) & 0o077 & ~allowed_dir:
             wanted = "711" if traverse else "700"
-            problems.append(f"{folder} is mode {stat.S_IMODE(folder.stat().st_mode):o}: other "
-                            f"users may list or change it; chmod {wanted} {folder}")
+            problems.append(f"{folder} is mode {mode:o}: other users may list or change it; "
+                            f"chmod {wanted} {folder}")
     files = [home / name for name in SQLITE_FILES]
     if database is not None:
         files += [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm")]
     for path in dict.fromkeys(files):
-        if path.exists() and stat.S_IMODE(path.stat().st_mode) & 0o077:
-            problems.append(f"{path} is mode {stat.S_IMODE(path.stat().st_mode):o}: other users "
-                            f"may read the database (tenants' secrets); chmod 600 {path}")
+        if path.exists() and (mode := _mode(path)) & 0o077:
+            problems.append(f"{path} is mode {mode:o}: other users may read the database "
+                            f"(tenants' secrets); chmod 600 {path}")
     records = home / "records"
     if records.is_dir():
         for path in sorted(records.glob("job-*/*.log"))[:1000]:
-            if stat.S_IMODE(path.lstat().st_mode) & 0o077:
-                problems.append(f"{path} is mode {stat.S_IMODE(path.lstat().st_mode):o}: other "
-                                f"users may read a job's log; chmod 600 {records}/job-*/*")
+            if (mode := _mode(path, follow=False)) & 0o077:
+                problems.append(f"{path} is mode {mode:o}: other users may read a job's log; "
+                                f"chmod 600 {records}/job-*/*")
                 break
     return problems
+
+
+def _mode(path: Path, follow: bool = True) -> int:
+    """The permission bits of ``path`` (of a link itself, unless ``follow``)."""
+    return stat.S_IMODE((path.stat() if follow else path.lstat()).st_mode)

@@ -239,8 +239,8 @@ class SchedulerService:
             status = backend.poll(handle)
             self.reconciler.ingest_progress(job_id, backend, handle, cursor)
             if status.phase is not GangPhase.RUNNING:
-                self.reconciler.settle(job_id, GangStatus(GangPhase.CANCELLED, status.exit_code,
-                                                status.reason))
+                self.reconciler.settle(job_id, GangStatus(GangPhase.CANCELLED,
+                                                          status.exit_code, status.reason))
         with self.db.read() as session:
             return repo.get_job(session, job_id).state
 
@@ -311,9 +311,8 @@ class SchedulerService:
             chosen = attempt or job.attempts
             if chosen < 1:
                 return None
-            started = [event.detail for event in repo.events(session, job.id)
-                       if event.to_state == JobState.RUNNING.value and event.detail
-                       and event.detail.get("attempt") == chosen]
+            started = [event.detail for event in repo.attempt_starts(session, job.id)
+                       if event.detail and event.detail.get("attempt") == chosen]
         if not started:
             return None
         detail = started[-1]

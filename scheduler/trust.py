@@ -54,6 +54,12 @@ def identity_name(identity: JobIdentity) -> str:
     return f"{identity.name} (uid {identity.uid}, gid {identity.gid} {group})"
 
 
+def _switch_to(identity: JobIdentity) -> JobIdentity | None:
+    """``identity``, or None when it is the server's own user: no switch is needed (root said
+    explicitly, or a server run as the job user itself)."""
+    return None if identity.uid == os.geteuid() else identity
+
+
 @dataclass(frozen=True, slots=True)
 class JobTrust:
     """A server's rules for its tenants' jobs (server mode)."""
@@ -69,13 +75,11 @@ class JobTrust:
         """The server's rules from its settings: ``job_user`` empty means ``nobody`` for a
         server running as root, the server's own user otherwise."""
         if job_user:
-            identity: JobIdentity | None = parse_job_user(job_user)
+            identity = _switch_to(parse_job_user(job_user))
         elif os.geteuid() == 0:
-            identity = parse_job_user(UNPRIVILEGED_DEFAULT)
+            identity = _switch_to(parse_job_user(UNPRIVILEGED_DEFAULT))
         else:
             identity = None
-        if identity is not None and identity.uid == os.geteuid():
-            identity = None  # no switch needed: the server's own user, said explicitly
         try:
             roots = AllowedRoots(tuple(check_root_list("data_roots", data_roots)),
                                  tuple(check_root_list("model_roots", model_roots)))
@@ -86,8 +90,7 @@ class JobTrust:
     def identity_for(self, tenant: Tenant | None) -> JobIdentity | None:
         """Whom this tenant's ranks run as."""
         if tenant is not None and tenant.job_user:
-            identity = parse_job_user(tenant.job_user)
-            return None if identity.uid == os.geteuid() else identity
+            return _switch_to(parse_job_user(tenant.job_user))
         return self.job_user
 
     def roots_for(self, tenant: Tenant | None) -> AllowedRoots:

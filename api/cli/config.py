@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from scheduler.domain.errors import CorralError
-from scheduler.domain.spec_yaml import MAX_YAML_BYTES, YamlLimitError, check_yaml_size, load_yaml
+from scheduler.domain.spec_yaml import YamlLimitError, load_yaml, read_yaml_bytes
 
 CONFIG_ENV = "CORRAL_CONFIG"
 TOKEN_ENV = "CORRAL_TOKEN"
@@ -57,10 +57,7 @@ def read_config(path: Path) -> dict[str, str]:
     if mode & 0o022:
         raise CorralError(f"{shown(path)} is writable by others (mode {mode:04o}): chmod 600 it")
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_YAML_BYTES + 1)
-        check_yaml_size(len(raw))
-        data = load_yaml(raw.decode("utf-8")) or {}
+        data = load_yaml(read_yaml_bytes(path).decode("utf-8")) or {}
     except UnicodeDecodeError:
         raise CorralError(f"{shown(path)} is not UTF-8 text; run `corral login URL` again to "
                           f"rewrite it") from None

@@ -115,6 +115,11 @@ class Folded:
     verdict: Verdict
     reason: str
 
+    @property
+    def moved(self) -> bool:
+        """Whether the observation was folded in (its move bounded or not)."""
+        return self.verdict in (Verdict.FOLDED, Verdict.BOUNDED)
+
 
 def observed_efficiency(
     flops_per_device: float, peak_flops: float, measured_step_s: float, other_s: float

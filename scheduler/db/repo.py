@@ -212,6 +212,14 @@ def events(session: Session, job_id: int) -> list[JobEvent]:
     ))
 
 
+def attempt_starts(session: Session, job_id: int) -> list[JobEvent]:
+    """The job's moves to RUNNING, oldest first: one per attempt that started."""
+    return list(session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id,
+                               JobEvent.to_state == JobState.RUNNING.value)
+        .order_by(JobEvent.id)))
+
+
 def failure_count(session: Session, job_id: int) -> int:
     return session.scalar(
         select(func.count()).select_from(JobEvent).where(

@@ -26,9 +26,9 @@ from scheduler.domain.locations import (
     is_package_ref,
     resolve_package_path,
 )
+from scheduler.domain.spec_limits import MAX_PATH_CHARS
 
 MAX_ROOTS = 32
-MAX_ROOT_CHARS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ def check_root_list(field: str, roots: Sequence[str]) -> list[str]:
         raise CorralError(f"{field}: at most {MAX_ROOTS} folders, got {len(roots)}")
     clean = []
     for root in roots:
-        if not isinstance(root, str) or not root.startswith("/") or len(root) > MAX_ROOT_CHARS:
+        if not isinstance(root, str) or not root.startswith("/") or len(root) > MAX_PATH_CHARS:
             raise CorralError(f"{field}: {root!r} is not an absolute folder path")
         if any(part in ("..", ".") for part in root.split("/")):
             raise CorralError(f"{field}: {root!r} has '.' or '..' parts; give the folder itself")

@@ -35,7 +35,7 @@ from scheduler.domain.spec_limits import (
     check_env_sizes,
     check_free_map,
 )
-from scheduler.domain.spec_yaml import MAX_YAML_BYTES, YamlLimitError, check_yaml_size, load_yaml
+from scheduler.domain.spec_yaml import YamlLimitError, load_yaml, read_yaml_bytes
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -531,16 +531,14 @@ def load_spec_file(path: str | Path) -> JobSpec:
     if not file.is_file():
         raise SpecError(f"job file {file} does not exist")
     try:
-        with file.open("rb") as handle:
-            raw = handle.read(MAX_YAML_BYTES + 1)  # never more, whatever the file grows to
+        raw = read_yaml_bytes(file)
     except OSError as err:
         raise SpecError(f"{file}: cannot be read ({err.strerror}); check its "
                         f"permissions") from None
-    try:
-        check_yaml_size(len(raw))
-        text = raw.decode("utf-8")
     except YamlLimitError as err:
         raise SpecError(f"{file}: {err}") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise SpecError(f"{file}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
                         f"{err.start}); a job file is YAML text, not a binary file") from None

@@ -18,6 +18,7 @@ Aliases within the bounds keep working (an anchored block reused in the same spe
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Final
 
 import yaml
@@ -41,6 +42,15 @@ def check_yaml_size(size_bytes: int) -> None:
     if size_bytes > MAX_YAML_BYTES:
         raise YamlLimitError(f"{size_bytes} bytes is above the limit of {MAX_YAML_BYTES} "
                              f"(1 MiB) for a YAML file; a job spec is a few kilobytes")
+
+
+def read_yaml_bytes(path: Path) -> bytes:
+    """A YAML file's bytes, never more than :data:`MAX_YAML_BYTES` + 1 read whatever the file
+    grows to; :class:`YamlLimitError` above the bound (OSError as open raises it)."""
+    with path.open("rb") as handle:
+        raw = handle.read(MAX_YAML_BYTES + 1)
+    check_yaml_size(len(raw))
+    return raw
 
 
 def load_yaml(text: str) -> Any:

@@ -62,10 +62,6 @@ class Backend(Protocol):
         (exit 75); the scheduler polls it like any gang and kills it if it overstays."""
         ...
 
-    def log_path(self, handle: str) -> str:
-        """Path of the gang's combined log file."""
-        ...
-
     def read_log(self, handle: str, offset: int, max_bytes: int) -> tuple[bytes, int]:
         """Up to ``max_bytes`` of the gang's combined log from byte ``offset``, and the log's
         size now; (b"", 0) for a gang whose log is gone."""
@@ -115,6 +111,12 @@ class FileLog:
 
     def read(self, start: int, length: int) -> bytes:
         return read_file_range(self.path, start, length)
+
+
+def read_log_file(path: Path, offset: int, max_bytes: int) -> tuple[bytes, int]:
+    """:meth:`Backend.read_log` of a backend whose gang's log is a file on this machine."""
+    log = FileLog(path)
+    return (log.read(offset, max_bytes) if max_bytes else b""), log.size()
 
 
 def read_file_range(path: Path, start: int, length: int) -> bytes:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-MAX_PATH_CHARS = 4096
+from scheduler.domain.spec_limits import MAX_PATH_CHARS
+from scheduler.gangs.protocol import read_progress
+
 MAX_DETAIL_CHARS = 16_384
 """Largest JSON an event's detail may take in the events table; a bigger one is dropped."""
 MAX_METRICS = 8
@@ -126,3 +129,10 @@ def parse_event(raw: dict[str, Any]) -> ProgressEvent | None:
 def parse_events(raws: list[dict[str, Any]]) -> list[ProgressEvent]:
     """The typed events of some progress lines, unknown ones left out."""
     return [event for raw in raws if (event := parse_event(raw)) is not None]
+
+
+def read_events(path: Path, cursor: int) -> tuple[list[ProgressEvent], int]:
+    """:meth:`Backend.events` of a backend whose gang's progress file is on this machine: the
+    typed events after byte ``cursor`` (:func:`read_progress`'s bounds) and the next cursor."""
+    raw, after = read_progress(path, cursor)
+    return parse_events(raw), after

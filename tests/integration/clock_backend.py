@@ -80,10 +80,6 @@ class ClockBackend:
     def events(self, handle: str, cursor: int) -> tuple[list[ProgressEvent], int]:
         return [], cursor  # its gangs report no progress: time alone ends them
 
-    def log_path(self, handle: str) -> str:
-        gang = json.loads(handle)
-        return str(self.folder / "logs" / f"{gang['job_id']}-{gang['attempt']}.log")
-
     def was_signalled(self, job_id: int, attempt: int, kind: str) -> bool:
         """Whether attempt ``attempt`` of ``job_id`` got a ``cancel`` or ``preempt``."""
         return self._marker({"job_id": job_id, "attempt": attempt}, kind).exists()

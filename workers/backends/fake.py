@@ -11,9 +11,9 @@ from pathlib import Path
 
 from scheduler.domain.capabilities import SPANS_NODES, BackendCapabilities
 from scheduler.domain.errors import BackendError
-from scheduler.gangs.backend import FileLog, GangPhase, GangStatus, read_file_range
-from scheduler.gangs.events import ProgressEvent, parse_events
-from scheduler.gangs.protocol import PROGRESS_FILE, LaunchRequest, read_progress
+from scheduler.gangs.backend import GangPhase, GangStatus, read_log_file
+from scheduler.gangs.events import ProgressEvent, read_events
+from scheduler.gangs.protocol import PROGRESS_FILE, LaunchRequest
 
 
 @dataclass
@@ -56,22 +56,16 @@ class FakeBackend:
         if self._status.get(handle, GangStatus(GangPhase.FAILED)).phase is GangPhase.RUNNING:
             self._status[handle] = GangStatus(GangPhase.PREEMPTED, 75, "preempted")
 
-    def log_path(self, handle: str) -> str:
-        return self._logs.get(handle, "")
-
     def read_log(self, handle: str, offset: int, max_bytes: int) -> tuple[bytes, int]:
         """What a test wrote at the gang's log path."""
-        path = Path(self._logs.get(handle, "/nonexistent"))
-        size = FileLog(path).size()
-        return (read_file_range(path, offset, max_bytes) if max_bytes else b""), size
+        return read_log_file(Path(self._logs.get(handle, "/nonexistent")), offset, max_bytes)
 
     def events(self, handle: str, cursor: int) -> tuple[list[ProgressEvent], int]:
         """What a test appended to the gang's progress file, as the local backend reads it."""
         run_dir = self._run_dirs.get(handle)
         if not run_dir:
             return [], cursor
-        raw, after = read_progress(Path(run_dir) / PROGRESS_FILE, cursor)
-        return parse_events(raw), after
+        return read_events(Path(run_dir) / PROGRESS_FILE, cursor)
 
     def finish(self, job_id: int, phase: GangPhase, exit_code: int = 0,
                reason: str = "") -> None:

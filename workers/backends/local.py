@@ -35,14 +35,13 @@ from typing import Any
 
 from scheduler.domain.capabilities import capabilities_of
 from scheduler.domain.errors import BackendError, LaunchRefusedError
-from scheduler.gangs.backend import FileLog, GangPhase, GangStatus, read_file_range
-from scheduler.gangs.events import ProgressEvent, parse_events
+from scheduler.gangs.backend import GangPhase, GangStatus, read_log_file
+from scheduler.gangs.events import ProgressEvent, read_events
 from scheduler.gangs.protocol import (
     EXIT_PREEMPTED,
     EXIT_SPEC_ERROR,
     PROGRESS_FILE,
     LaunchRequest,
-    read_progress,
 )
 from workers.backends.environment import rank_environment, service_environment
 from workers.backends.local_supervisor import (
@@ -223,23 +222,17 @@ class LocalBackend:
         else:
             signal_gang(gang.gang_id, signal.SIGTERM)
 
-    def log_path(self, handle: str) -> str:
-        """Path of the gang's combined log: supervisor, torchrun and every rank."""
-        return _Gang.from_handle(handle).log_path
-
     def read_log(self, handle: str, offset: int, max_bytes: int) -> tuple[bytes, int]:
-        """A piece of the gang's log file and its size now."""
-        path = Path(_Gang.from_handle(handle).log_path)
-        size = FileLog(path).size()
-        return (read_file_range(path, offset, max_bytes) if max_bytes else b""), size
+        """A piece of the gang's combined log (supervisor, torchrun and every rank) and its
+        size now."""
+        return read_log_file(Path(_Gang.from_handle(handle).log_path), offset, max_bytes)
 
     def events(self, handle: str, cursor: int) -> tuple[list[ProgressEvent], int]:
         """Rank 0's progress events after byte ``cursor`` of the job's progress file."""
         gang = _Gang.from_handle(handle)
         if not gang.progress_path:
             return [], cursor
-        raw, after = read_progress(Path(gang.progress_path), cursor)
-        return parse_events(raw), after
+        return read_events(Path(gang.progress_path), cursor)
 
     def inventory(self) -> LocalInventory:
         """CPU rank slots and CUDA devices of this machine (imports torch only here)."""
