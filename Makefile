@@ -4,7 +4,7 @@ VENV ?= .venv
 export VENV
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-security soak lint bench clean
+.PHONY: setup setup-ray demo test test-fast test-security test-ray soak lint bench bench-ray clean
 
 setup:
 	./scripts/setup.sh
@@ -20,6 +20,13 @@ test: setup lint
 test-security: setup
 	$(VENV)/bin/pytest -m security tests/security $(PYTEST_ARGS)
 
+# The Ray backend on a real multi-node Ray cluster started on this machine (tests/ray).
+setup-ray: setup
+	$(VENV)/bin/python -m pip install -q -e '.[dev,ray]'
+
+test-ray: setup-ray
+	$(VENV)/bin/pytest -m ray tests/ray $(PYTEST_ARGS)
+
 soak: setup
 	$(VENV)/bin/pytest -m soak $(PYTEST_ARGS)
 
@@ -32,6 +39,9 @@ lint: setup
 
 bench: setup
 	$(VENV)/bin/python bench/cycle_speed.py
+
+bench-ray: setup-ray
+	$(VENV)/bin/python bench/ray_launch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -42,11 +42,17 @@ class PoolCreate(Schema):
     peak_tflops: float | None = Field(default=None, gt=0, le=1e9,
                                       description="peak TFLOP/s per device, overriding the "
                                                   "catalog's")
+    backend_settings: dict[str, str] | None = Field(
+        default=None, max_length=8,
+        description="what the backend needs to reach the pool's machines: {\"address\": "
+                    "\"HOST:PORT\"} of a Ray cluster (checked against an allowlist)")
 
 
 class PoolPublic(Schema):
     name: str
     backend: str
+    backend_settings: dict[str, str] | None = Field(
+        default=None, description="where the backend reaches the pool (a Ray cluster's address)")
     accelerator: str
     nodes: int
     devices_per_node: int
@@ -74,6 +80,30 @@ class NodePublic(Schema):
 
 class NodeList(Schema):
     items: list[NodePublic]
+
+
+class PoolSync(Schema):
+    """A cluster whose nodes make pools: one per accelerator type, named PREFIX-TYPE."""
+
+    backend: Literal["ray"] = "ray"
+    backend_settings: dict[str, str] = Field(max_length=8, description="{\"address\": "
+                                             "\"HOST:PORT\"} of the Ray cluster")
+    prefix: str = Field(default="ray", min_length=1, max_length=40, pattern=NAME_PATTERN)
+    cpu_peak_tflops: float | None = Field(default=None, gt=0, le=1e9,
+                                          description="peak TFLOP/s per CPU device of a new "
+                                                      "CPU pool")
+
+
+class SyncedNode(Schema):
+    pool: str
+    node: str
+    devices: int
+    state: NodeState
+    change: Literal["added", "updated", "down", "back", "unchanged"]
+
+
+class SyncedNodeList(Schema):
+    items: list[SyncedNode]
 
 
 # --- tenants and quotas ------------------------------------------------------------------------

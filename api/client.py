@@ -171,11 +171,19 @@ class CorralClient:
 
     def add_pool(self, name: str, backend: str, accelerator: str, nodes: int,
                  devices_per_node: int, price_per_device_hour: float | None = None,
-                 peak_tflops: float | None = None) -> Json:
+                 peak_tflops: float | None = None,
+                 backend_settings: dict[str, str] | None = None) -> Json:
         body = _given(name=name, backend=backend, accelerator=accelerator, nodes=nodes,
                       devices_per_node=devices_per_node,
-                      price_per_device_hour=price_per_device_hour, peak_tflops=peak_tflops)
+                      price_per_device_hour=price_per_device_hour, peak_tflops=peak_tflops,
+                      backend_settings=backend_settings or None)
         return self._call("POST", "/v1/pools", json=body)
+
+    def sync_pools(self, settings: dict[str, str], prefix: str = "ray",
+                   cpu_peak_tflops: float | None = None) -> list[Json]:
+        body = _given(backend="ray", backend_settings=settings, prefix=prefix,
+                      cpu_peak_tflops=cpu_peak_tflops)
+        return _items(self._call("POST", "/v1/pools/sync", json=body))
 
     def nodes(self, pool: str | None = None) -> list[Json]:
         return _items(self._call("GET", "/v1/nodes", params=_given(pool=pool)))

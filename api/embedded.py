@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from api.backends import registry
 from scheduler.db import repo
 from scheduler.db.migrate import current_revision, head_revision, upgrade
 from scheduler.db.session import Database, corral_home
@@ -94,5 +95,5 @@ def open_embedded(url: str | None = None, home: Path | None = None,
     prepare_database(db)
     local = LocalBackend()
     ensure_local_pool(db, local)
-    backends: dict[str, Backend] = {"local": local, **(extra_backends or {})}
-    return SchedulerService(db, backends, runs_dir=home / "runs", grace_s=grace_s, **policies)
+    return SchedulerService(db, registry(local, extra_backends), runs_dir=home / "runs",
+                            grace_s=grace_s, **policies)

@@ -24,7 +24,7 @@ log = logging.getLogger("corral.cli")
 def model_config_for(service: SchedulerService, spec: JobSpec,
                      earlier: Mapping[str, JobSpec] | None = None) -> dict[str, Any]:
     """The full transformers config of the model ``spec`` starts from."""
-    from workers.core.model_config import resolved_model_config
+    from workers.model_config import resolved_model_config
 
     path = spec.model.path
     if path is None or not is_job_ref(path):
@@ -49,7 +49,7 @@ def model_config_for(service: SchedulerService, spec: JobSpec,
 def model_profile_for(service: SchedulerService, spec: JobSpec,
                       earlier: Mapping[str, JobSpec] | None = None) -> ModelProfile:
     """The planner's view of what ``spec`` runs (raises SpecError for an unknown model)."""
-    from workers.core.model_config import planning_profile
+    from workers.model_config import planning_profile
 
     return planning_profile(spec, model_config_for(service, spec, earlier))
 
@@ -69,7 +69,7 @@ def submit_profile(service: SchedulerService, spec: JobSpec) -> ModelProfile | N
 def warm_up() -> None:
     """Import what planning a submission needs (transformers' config classes) now, so that a
     server's first submissions do not each wait seconds for it."""
-    from workers.core.model_config import resolved_model_config
+    from workers.model_config import resolved_model_config
 
     resolved_model_config(parse_spec({
         "name": "warm-up", "kind": "pretrain",

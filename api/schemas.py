@@ -136,7 +136,8 @@ class JobEventPublic(Schema):
 class CheckpointPublic(Schema):
     step: int
     path: str
-    exists: bool
+    exists: bool | None = Field(description="whether it is still there; null where the "
+                                            "scheduler cannot see the ranks' disks (a Ray pool)")
 
 
 class JobDetail(JobPublic):

@@ -37,6 +37,7 @@ import uvicorn
 
 from api.access_log import install_redaction
 from api.app import create_app
+from api.backends import FACTORIES
 from api.embedded import ensure_local_pool
 from api.model_inputs import warm_up
 from api.settings import Settings, is_loopback
@@ -45,6 +46,7 @@ from scheduler.db.migrate import current_revision, head_revision, upgrade
 from scheduler.db.session import Database, shown_url
 from scheduler.domain.errors import CorralError
 from scheduler.gangs.backend import Backend
+from scheduler.gangs.registry import BackendRegistry
 from scheduler.home import audit_home, prepare_home
 from scheduler.replica import Replica
 from scheduler.service import SchedulerService
@@ -130,13 +132,14 @@ def serve(settings: Settings, backends: Mapping[str, Backend] | None = None,
         log.warning("%s", problem)
     check_schema(db)
     check_exposure(settings, db)
-    backends = dict(backends) if backends is not None else {"local": LocalBackend()}
-    local = backends.get("local")
+    given = dict(backends) if backends is not None else {"local": LocalBackend()}
+    local = given.get("local")
     if scheduler and isinstance(local, LocalBackend):
         check_job_identity(trust, local.python)
     if scheduler and db.is_sqlite and isinstance(local, LocalBackend):
         ensure_local_pool(db, local)
-    service = SchedulerService(db, backends, runs_dir=settings.runs_dir,
+    service = SchedulerService(db, BackendRegistry(given, FACTORIES),
+                               runs_dir=settings.runs_dir,
                                grace_s=settings.grace_s,
                                unlaunched_timeout_s=settings.unlaunched_timeout_s,
                                trust=trust, **policies)
@@ -175,6 +178,7 @@ def serve(settings: Settings, backends: Mapping[str, Backend] | None = None,
             thread.join(REPLICA_STOP_WAIT_S)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        service.backends.close()
         db.dispose()
     log.info("replica %s stopped", settings.replica_id)
 

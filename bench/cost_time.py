@@ -191,7 +191,7 @@ def cpu_pool(result: Summary, world: int) -> PoolOption:
 
 def plan_request(config: BenchConfig, steps: int) -> PlanRequest:
     """The request ``corral submit`` would build: the model's full config, resolved once."""
-    from workers.core.model_config import resolved_model_config
+    from workers.model_config import resolved_model_config
 
     profile = model_profile(resolved_model_config(job_spec(config, steps)), SEQ_LEN)
     return PlanRequest(

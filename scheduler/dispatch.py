@@ -5,7 +5,9 @@ launch request), with whom its ranks run as and which folders they may read (ser
 :class:`~scheduler.trust.JobTrust`). A launch that fails fails that job only, with its
 reason: retried while attempts remain, not retried when it would repeat
 (:class:`~scheduler.domain.errors.LaunchRefusedError`), held without spending an attempt when
-the disk under its files is full. A gang whose RUNNING commit is refused is killed at once.
+the disk under its files is full or its backend cannot take it now
+(:class:`~scheduler.domain.errors.BackendUnavailableError`: a Ray cluster that is down). A
+gang whose RUNNING commit is refused is killed at once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,11 @@ from typing import Any
 from scheduler.cycle import Admission, CycleResult
 from scheduler.db import repo
 from scheduler.db.lease import Fence
-from scheduler.db.models import Job, Tenant
+from scheduler.db.models import Job, Pool, Tenant
 from scheduler.db.session import Database
 from scheduler.domain.errors import (
     BackendError,
+    BackendUnavailableError,
     CorralError,
     LaunchRefusedError,
     StaleLeaderError,
@@ -34,6 +37,7 @@ from scheduler.domain.spec import env_of
 from scheduler.domain.state import JobState
 from scheduler.gangs.backend import Backend
 from scheduler.gangs.protocol import JobFile, JobIdentity, LaunchRequest
+from scheduler.gangs.registry import BackendRegistry
 from scheduler.reconcile import fenced_write, maybe_retry, resume_point
 from scheduler.trust import JobTrust
 
@@ -51,7 +55,7 @@ class _NotWanted(Exception):
 class Dispatcher:
     """Launches admitted gangs on the backends of their pools (module docstring)."""
 
-    def __init__(self, db: Database, backends: Mapping[str, Backend], runs_dir: Path,
+    def __init__(self, db: Database, backends: BackendRegistry, runs_dir: Path,
                  records_dir: Path | None = None, trust: JobTrust | None = None,
                  timer: Callable[[], float] = time.perf_counter) -> None:
         self.db = db
@@ -87,12 +91,14 @@ class Dispatcher:
         A gang whose RUNNING commit is refused, because this replica lost the lease meanwhile
         or the job was cancelled while it launched, is killed at once: no gang runs that the
         database does not know."""
-        backend = self.backends.get(admission.backend)
         trust_error: CorralError | None = None
         with fenced_write(self.db, fence) as session:
             job = repo.get_job(session, admission.job_id, lock=True)
             if job.state != JobState.ADMITTED.value:
                 return False
+            pool = session.get(Pool, admission.pool_id)
+            settings = pool.backend_settings if pool is not None else None
+            accelerator = pool.accelerator if pool is not None else ""
             job.attempts += 1
             run_dir = Path(job.run_dir or self.runs_dir / f"job-{job.id}")
             checkpoint = resume_point(session, job)
@@ -111,10 +117,13 @@ class Dispatcher:
                                 world_size=admission.plan.world_size, job=job_file,
                                 log_path=str(records / f"attempt-{attempt}.log"),
                                 nodes=admission.plan.nodes, devices=held,
-                                env=env_of(job.spec), run_dir=str(run_dir), identity=identity)
+                                env=env_of(job.spec), run_dir=str(run_dir), identity=identity,
+                                accelerator=accelerator)
+        backend: Backend | None = None
         try:
             if trust_error is not None:
                 raise LaunchRefusedError(f"the tenant's job identity: {trust_error}")
+            backend = self.backends.get(admission.backend, settings)
             if backend is None:
                 raise BackendError(f"no backend {admission.backend!r} is configured here")
             handle = backend.launch(request)
@@ -124,11 +133,13 @@ class Dispatcher:
                 if job.state != JobState.ADMITTED.value or job.attempts != attempt:
                     return False  # cancelled meanwhile: nothing is left to fail
                 repo.release(session, job)
-                if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
-                    # Not the job's fault and no attempt spent: hold it until space returns.
+                full = isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+                if full or isinstance(err, BackendUnavailableError):
+                    # Not the job's fault and no attempt spent: hold it until space returns,
+                    # or its backend's machines can take it.
                     job.attempts -= 1
-                    reason = (f"held: no space left for its files ({err}); tried again every "
-                              f"{HOLD_S:.0f} s")
+                    why = f"no space left for its files ({err})" if full else str(err)
+                    reason = f"held: {why}; tried again every {HOLD_S:.0f} s"
                     repo.transition(session, job, JobState.PENDING, reason)
                     job.pending_reason = reason
                     self._held[job.id] = (self.timer() + HOLD_S, reason)
@@ -142,11 +153,13 @@ class Dispatcher:
                 if job.state != JobState.ADMITTED.value or job.attempts != attempt:
                     raise _NotWanted(f"job {job.id} is {job.state} at attempt {job.attempts}")
                 job.backend_handle = handle
+                job.progress_offset = 0  # the new gang's progress stream starts here
                 resumed = f", resuming from {checkpoint}" if checkpoint else ""
                 repo.transition(session, job, JobState.RUNNING,
                                 f"attempt {attempt} started on {admission.backend}{resumed}",
                                 {"attempt": attempt, "resume_from": checkpoint,
                                  "log": request.log_path, "backend": admission.backend,
+                                 "pool": admission.pool_name,
                                  "handle": handle})
         except (StaleLeaderError, _NotWanted) as err:
             log.warning("job %s attempt %s: launched but not recorded (%s); killing the gang",

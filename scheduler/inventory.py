@@ -16,8 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from scheduler.db import repo
 from scheduler.db.models import Allocation, Job, Node, Pool
 from scheduler.db.session import Database
+from scheduler.domain.capabilities import check_backend_settings
 from scheduler.domain.errors import ConflictError, NotFoundError
 from scheduler.domain.state import LIVE_STATES
+from scheduler.gangs.backend import NodeReport
 
 NodeAction = Literal["cordon", "uncordon", "drain"]
 
@@ -29,9 +31,12 @@ TFLOPS = 1e12
 
 def add_pool(db: Database, name: str, backend: str, accelerator: str, nodes: int,
              devices_per_node: int, price_per_device_hour: float = 0.0,
-             peak_tflops: float | None = None) -> None:
+             peak_tflops: float | None = None,
+             backend_settings: dict[str, str] | None = None) -> None:
     """Register pool ``name`` with ``nodes`` nodes named ``name-0`` ... ; ConflictError if the
-    pool or one of those node names exists."""
+    pool or one of those node names exists, SpecError for settings its backend does not take
+    (:func:`~scheduler.domain.capabilities.check_backend_settings`)."""
+    settings = check_backend_settings(backend, backend_settings or {})
     try:
         with db.write() as session:
             if repo.get_pool(session, name) is not None:
@@ -44,7 +49,8 @@ def add_pool(db: Database, name: str, backend: str, accelerator: str, nodes: int
             repo.add_pool(session, name, backend, accelerator, nodes=nodes,
                           devices_per_node=devices_per_node,
                           price_per_device_hour=price_per_device_hour, node_names=names,
-                          peak_flops=peak_tflops * TFLOPS if peak_tflops else None)
+                          peak_flops=peak_tflops * TFLOPS if peak_tflops else None,
+                          backend_settings=settings)
     except IntegrityError:
         # Another admin added the same pool between our check and our commit.
         raise ConflictError(f"pool {name!r} exists already; pick another name") from None
@@ -101,3 +107,86 @@ def _stop_jobs_on(session: Any, node: Node) -> None:
 
 def _node_row(node: Node, pool: str) -> dict[str, Any]:
     return {"name": node.name, "pool": pool, "devices": node.devices, "state": node.state}
+
+
+# --- pools whose machines a backend discovers (Ray) --------------------------------------------
+
+INVENTORY_EVERY_S = 30.0
+"""Seconds between two refreshes of discovered pools' nodes by the leading scheduler."""
+
+
+def pool_name_for(prefix: str, accelerator: str) -> str:
+    """``ray-h100`` for H100 nodes of a cluster synced with prefix ``ray``."""
+    slug = "".join(c if c.isalnum() else "-" for c in accelerator.lower()).strip("-")
+    return f"{prefix}-{slug or 'gpu'}"
+
+
+def sync_pools(db: Database, backend: str, settings: dict[str, str],
+               reports: list[NodeReport], prefix: str,
+               cpu_peak_tflops: float | None = None) -> list[dict[str, Any]]:
+    """Register or update one pool per accelerator type of the nodes a backend reports
+    (``PREFIX-ACCELERATOR``); returns a row per node with what changed. A node no longer
+    reported, or reported dead, goes ``down``; one back alive is ``ready`` again."""
+    check_backend_settings(backend, settings)
+    groups: dict[str, list[NodeReport]] = {}
+    for report in reports:
+        if report.devices >= 1:
+            groups.setdefault(report.accelerator, []).append(report)
+    rows: list[dict[str, Any]] = []
+    with db.write() as session:
+        for accelerator, nodes in sorted(groups.items()):
+            name = pool_name_for(prefix, accelerator)
+            pool = repo.get_pool(session, name)
+            if pool is None:
+                peak = cpu_peak_tflops * TFLOPS if cpu_peak_tflops and \
+                    accelerator == "cpu" else None
+                pool = repo.add_pool(session, name, backend, accelerator, nodes=0,
+                                     devices_per_node=max(node.devices for node in nodes),
+                                     node_names=[], peak_flops=peak,
+                                     backend_settings=settings)
+            elif pool.backend != backend or (pool.backend_settings or {}) != settings:
+                raise ConflictError(f"pool {name!r} exists already for another backend or "
+                                    f"cluster; sync with another --prefix")
+            rows += [{"pool": name, **row} for row in _apply(session, pool, nodes)]
+    return rows
+
+
+def refresh(session: Any, pool: Pool, reports: list[NodeReport]) -> list[dict[str, Any]]:
+    """Bring ``pool``'s nodes in line with what its backend reports now (the reports of its
+    accelerator type); the rows of the nodes that changed."""
+    mine = [report for report in reports
+            if report.accelerator.lower() == pool.accelerator.lower() and report.devices >= 1]
+    return [row for row in _apply(session, pool, mine) if row["change"] != "unchanged"]
+
+
+def _apply(session: Any, pool: Pool, reports: list[NodeReport]) -> list[dict[str, Any]]:
+    known = {node.name: node for node in pool.nodes}
+    rows = []
+    for report in reports:
+        node = known.pop(report.name, None)
+        state = "ready" if report.alive else "down"
+        if node is None:
+            if session.scalar(select(Node.id).where(Node.name == report.name)) is not None:
+                raise ConflictError(f"node {report.name!r} is in another pool already")
+            session.add(Node(pool_id=pool.id, name=report.name, devices=report.devices,
+                             state=state))
+            rows.append({"node": report.name, "devices": report.devices, "state": state,
+                         "change": "added"})
+            continue
+        change = "unchanged"
+        if node.devices != report.devices:
+            node.devices, change = report.devices, "updated"
+        if not report.alive and node.state != "down":
+            node.state, change = "down", "down"
+        elif report.alive and node.state == "down":
+            node.state, change = "ready", "back"
+        rows.append({"node": node.name, "devices": node.devices, "state": node.state,
+                     "change": change})
+    for node in known.values():  # no longer in the cluster
+        if node.state != "down":
+            node.state = "down"
+            rows.append({"node": node.name, "devices": node.devices, "state": "down",
+                         "change": "down"})
+    pool.devices_per_node = max([pool.devices_per_node, *(r.devices for r in reports)])
+    session.flush()
+    return rows

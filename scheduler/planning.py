@@ -2,7 +2,7 @@
 
 Reads the pools (a read transaction), turns each matching pool into a planner option with its
 accelerator's catalog figures (the pool's own price wins when it sets one), and runs the pure
-planner. The caller supplies the planner's view of the model (``workers.core.model_config``
+planner. The caller supplies the planner's view of the model (``workers.model_config``
 builds it for every job kind) or a pretraining model's full config dict, so this module needs
 no ML framework.
 """

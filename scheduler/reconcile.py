@@ -13,9 +13,8 @@ checks the scheduler lease first when a :class:`~scheduler.db.lease.Fence` is gi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -24,10 +23,13 @@ from sqlalchemy.orm import Session
 from scheduler.calibrate import recalibrate
 from scheduler.db import lease, repo
 from scheduler.db.lease import Fence
-from scheduler.db.models import Allocation, Job, as_utc, utcnow
+from scheduler.db.models import Allocation, Job, Pool, as_utc, utcnow
 from scheduler.db.session import Database
+from scheduler.domain.errors import BackendError
 from scheduler.domain.state import LIVE_STATES, JobState
+from scheduler.gangs.artifacts import ArtifactStore
 from scheduler.gangs.backend import Backend, GangPhase, GangStatus
+from scheduler.gangs.registry import BackendRegistry
 from scheduler.progress import apply_progress
 
 log = logging.getLogger("corral.tick")
@@ -43,14 +45,17 @@ DEFAULT_GRACE_S = 30.0
 class Reconciler:
     """Keeps the database in step with the gangs on the backends (module docstring)."""
 
-    def __init__(self, db: Database, backends: Mapping[str, Backend],
+    def __init__(self, db: Database, backends: BackendRegistry,
                  grace_s: float = DEFAULT_GRACE_S,
                  unlaunched_timeout_s: float = UNLAUNCHED_TIMEOUT_S) -> None:
         self.db = db
         self.backends = backends
-        """Backend name -> backend; the service's own mapping, shared with the dispatcher."""
+        """Each pool's backend; the service's own registry, shared with the dispatcher."""
         self.grace_s = grace_s
         self.unlaunched_timeout_s = unlaunched_timeout_s
+        self.unreachable: dict[int, str] = {}
+        """Jobs whose gang could not be polled on the last pass, and why (the readiness probe
+        and ``corral show`` say so)."""
 
     def signal_preemptions(self, fence: Fence | None = None) -> None:
         """Send each gang told to stop (preempted by the cycle, or cancelled through
@@ -65,22 +70,31 @@ class Reconciler:
                     for job in session.scalars(select(Job).where(
                         Job.preempt_requested.is_(True) | Job.cancel_requested.is_(True),
                         Job.state.in_([state.value for state in LIVE_STATES])))]
-            backend_of = {pool.id: pool.backend for pool in repo.list_pools(session)}
+            backend_of = backends_of_pools(session)
         for job_id, handle, pool_id, signalled_at, cancelling in told:
-            backend = self.backends.get(backend_of.get(pool_id or -1, ""))
+            backend = self.backends.get(*backend_of.get(pool_id or -1, ("", None)))
             if handle is None or backend is None:
                 continue
             why = "cancellation" if cancelling else "preemption"
-            if signalled_at is None:
-                backend.preempt(handle)
-                with fenced_write(self.db, fence) as session:
-                    job = repo.get_job(session, job_id, lock=True)
-                    job.preempt_signalled_at = utcnow()
-                    repo.note(session, job, f"SIGTERM sent: checkpoint and stop for {why}")
-            elif (utcnow() - as_utc(signalled_at)).total_seconds() > self.grace_s:
-                log.warning("job %s ignored its %s for %.0f s; killing it", job_id, why,
-                            self.grace_s)
-                backend.cancel(handle, 0.0)
+            try:
+                self._stop(job_id, backend, handle, signalled_at, why, fence)
+            except BackendError as err:
+                log.warning("job %s: cannot signal its gang for %s: %s", job_id, why, err)
+
+    def _stop(self, job_id: int, backend: Backend, handle: str, signalled_at: Any, why: str,
+              fence: Fence | None) -> None:
+        """The one SIGTERM of a gang told to stop, or its kill once it overstayed its grace."""
+        if signalled_at is None:
+            backend.preempt(handle)
+            with fenced_write(self.db, fence) as session:
+                job = repo.get_job(session, job_id, lock=True)
+                job.preempt_signalled_at = utcnow()
+                repo.note(session, job, f"SIGTERM sent: checkpoint and stop for {why}")
+        elif (utcnow() - as_utc(signalled_at)).total_seconds() > self.grace_s:
+            log.warning("job %s ignored its %s for %.0f s; killing it", job_id, why,
+                        self.grace_s)
+            backend.cancel(handle, 0.0)
+
 
     # --- reconcile --------------------------------------------------------------------------
 
@@ -91,16 +105,25 @@ class Reconciler:
         with self.db.read() as session:
             live = [(job.id, job.backend_handle, job.pool_id, job.progress_offset)
                     for job in repo.list_jobs(session, states=LIVE_STATES, limit=100_000)]
-            backend_of = {pool.id: pool.backend for pool in repo.list_pools(session)}
+            backend_of = backends_of_pools(session)
         for job_id, handle, pool_id, progress_offset in live:
             if handle is None:
                 self._expire_unlaunched(job_id, fence)
                 continue
-            backend = self.backends.get(backend_of.get(pool_id or -1, ""))
+            backend = self.backends.get(*backend_of.get(pool_id or -1, ("", None)))
             if backend is None:
                 continue
-            status = backend.poll(handle)  # first: once it ended, its events are complete
-            self.ingest_progress(job_id, backend, handle, progress_offset, fence)
+            try:
+                status = backend.poll(handle)  # first: once it ended, its events are complete
+                self.ingest_progress(job_id, backend, handle, progress_offset, fence)
+            except BackendError as err:
+                # Its machines cannot be reached now (or answered with an error): the job
+                # stays as recorded until they can, never failed for the backend's outage, and
+                # no other job waits for it.
+                log.warning("job %s: cannot poll its gang: %s", job_id, err)
+                self.unreachable[job_id] = str(err)
+                continue
+            self.unreachable.pop(job_id, None)
             if status.phase is not GangPhase.RUNNING:
                 outcome = self.settle(job_id, status, fence, handle)
                 if outcome:
@@ -189,6 +212,11 @@ class Reconciler:
             return job.state
 
 
+def backends_of_pools(session: Session) -> dict[int, tuple[str, dict[str, str] | None]]:
+    """Pool id -> its backend's name and settings, to look the backend up in the registry."""
+    return {pool.id: (pool.backend, pool.backend_settings) for pool in repo.list_pools(session)}
+
+
 @contextmanager
 def fenced_write(db: Database, fence: Fence | None) -> Iterator[Session]:
     """A write transaction of the tick; with ``fence``, only while the lease is still ours."""
@@ -199,9 +227,12 @@ def fenced_write(db: Database, fence: Fence | None) -> Iterator[Session]:
 
 
 def resume_point(session: Any, job: Job) -> str | None:
-    """The newest checkpoint of the job that is still on disk, to resume its next attempt."""
+    """The newest checkpoint of the job that is still there (as far as the scheduler can tell
+    through :class:`~scheduler.gangs.artifacts.ArtifactStore`), to resume its next attempt."""
+    pool = session.get(Pool, job.pool_id) if job.pool_id else None
+    store = ArtifactStore.for_backend(pool.backend if pool is not None else "local")
     for checkpoint in reversed(repo.checkpoints(session, job.id)):
-        if Path(checkpoint.path).is_dir():
+        if store.usable(checkpoint.path):
             return checkpoint.path
     return None
 

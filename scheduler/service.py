@@ -12,11 +12,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from scheduler import inventory
 from scheduler.calibrate import measured_step_time
 from scheduler.cost.hardware import lookup
 from scheduler.db import repo, submissions
@@ -25,7 +26,9 @@ from scheduler.db.models import Job, Pool, Tenant, as_utc, utcnow
 from scheduler.db.session import Database
 from scheduler.db.submissions import SubmitLimits, Submitted
 from scheduler.dispatch import Dispatcher
+from scheduler.domain.capabilities import check_backend_settings
 from scheduler.domain.errors import (
+    BackendError,
     CorralError,
     SpecError,
     UnschedulableError,
@@ -40,8 +43,18 @@ from scheduler.domain.spec import (
     redact_spec,
 )
 from scheduler.domain.state import LIVE_STATES, JobState
-from scheduler.gangs.backend import Backend, BackendLog, FileLog, GangPhase, GangStatus, LogSource
+from scheduler.gangs.artifacts import ArtifactStore
+from scheduler.gangs.backend import (
+    Backend,
+    BackendLog,
+    DiscoversNodes,
+    FileLog,
+    GangPhase,
+    GangStatus,
+    LogSource,
+)
 from scheduler.gangs.protocol import EXPORT_DIR_NAME
+from scheduler.gangs.registry import BackendRegistry
 from scheduler.planning import ModelInput, plan_spec, profile_fields
 from scheduler.policies.config import Ordering
 from scheduler.policies.placement import check_schedulable
@@ -58,7 +71,8 @@ class SchedulerService:
     Composed of a :class:`Reconciler`, a :class:`Dispatcher` and the :class:`Ticker` that runs
     them around each cycle; this class adds what users ask (submit, cancel, the read side)."""
 
-    def __init__(self, db: Database, backends: Mapping[str, Backend], runs_dir: Path,
+    def __init__(self, db: Database, backends: Mapping[str, Backend] | BackendRegistry,
+                 runs_dir: Path,
                  grace_s: float = DEFAULT_GRACE_S,
                  timer: Callable[[], float] = time.perf_counter,
                  ordering: Ordering = "fair_share", preemption: bool = True,
@@ -66,7 +80,8 @@ class SchedulerService:
                  unlaunched_timeout_s: float = UNLAUNCHED_TIMEOUT_S,
                  trust: JobTrust | None = None, records_dir: Path | None = None) -> None:
         self.db = db
-        self.backends: dict[str, Backend] = dict(backends)
+        self.backends = BackendRegistry.of(backends)
+        """Each pool's backend by its name and settings (:mod:`scheduler.gangs.registry`)."""
         self.runs_dir = runs_dir
         self.grace_s = grace_s
         self.trust = trust
@@ -117,13 +132,15 @@ class SchedulerService:
         with self.db.read() as session:
             source = repo.latest_succeeded_job(session, spec.tenant, name)
             source_id, run_dir = (source.id, source.run_dir) if source else (None, None)
+            pool = session.get(Pool, source.pool_id) if source and source.pool_id else None
+            backend = pool.backend if pool is not None else "local"
         if source_id is None or run_dir is None:
             raise SpecError(
                 f"model.path: {value}: tenant {spec.tenant!r} has no succeeded job named "
                 f"{name!r}; run that job first (its export becomes this job's weights)"
             )
         export = Path(run_dir) / EXPORT_DIR_NAME
-        if not export.is_dir():
+        if not ArtifactStore.for_backend(backend).usable(str(export)):
             raise SpecError(
                 f"model.path: {value}: job {source_id} ({name}) left no export folder {export}; "
                 f"only jobs that finish with a transformers export can be named here"
@@ -142,7 +159,7 @@ class SchedulerService:
                        is_admin: bool = True) -> Submitted:
         """Validate and store ``spec`` as a PENDING job, once per idempotency key.
 
-        With the planner's view of the model (``workers.core.model_config.planning_profile``,
+        With the planner's view of the model (``workers.model_config.planning_profile``,
         or a pretraining model's full config) the cost model checks the job fits some pool
         within its deadline and budget, and the cycle later picks its plan by prediction.
         In the storing transaction the tenant's row is locked and its limits checked
@@ -233,7 +250,7 @@ class SchedulerService:
             job = repo.get_job(session, job_id)
             handle, cursor = job.backend_handle, job.progress_offset
             pool = session.get(Pool, job.pool_id) if job.pool_id else None
-            backend = self.backends.get(pool.backend) if pool else None
+            backend = self.backends.get(pool.backend, pool.backend_settings) if pool else None
         if backend is not None and handle is not None:
             backend.cancel(handle, self.grace_s)
             status = backend.poll(handle)
@@ -269,6 +286,7 @@ class SchedulerService:
             job = repo.get_job(session, job_id, tenant=tenant)
             pool = session.get(Pool, job.pool_id) if job.pool_id else None
             info = job_summary(job, pool.name if pool else None)
+            store = ArtifactStore.for_backend(pool.backend if pool is not None else "local")
             tenant_row = session.get(Tenant, job.tenant_id)
             info.update(
                 tenant=tenant_row.name if tenant_row is not None else None,
@@ -283,7 +301,7 @@ class SchedulerService:
                          "reason": e.reason, "detail": e.detail}
                         for e in repo.events(session, job.id)],
                 checkpoints=[{"step": c.step, "path": c.path,
-                              "exists": Path(c.path).is_dir()}
+                              "exists": store.present(c.path)}
                              for c in repo.checkpoints(session, job.id)],
             )
             return info
@@ -291,11 +309,27 @@ class SchedulerService:
     def pools(self) -> list[dict[str, Any]]:
         with self.db.read() as session:
             views = repo.load_pool_views(session)
-        return [{"name": p.name, "backend": p.backend, "accelerator": p.accelerator,
+            settings = {pool.id: pool.backend_settings for pool in repo.list_pools(session)}
+        return [{"name": p.name, "backend": p.backend,
+                 "backend_settings": settings.get(p.pool_id) or None,
+                 "accelerator": p.accelerator,
                  "nodes": len(p.nodes), "devices_per_node": p.devices_per_node,
                  "devices": p.total_devices, "free": p.free_devices,
                  "price_per_device_hour": p.price_per_device_hour,
                  "peak_flops": _peak_flops(p)} for p in views]
+
+    def sync_pools(self, backend: str, settings: dict[str, str], prefix: str,
+                   cpu_peak_tflops: float | None = None) -> list[dict[str, Any]]:
+        """A pool per accelerator type of the nodes ``backend`` at ``settings`` reports
+        (:func:`scheduler.inventory.sync_pools`); BackendError when it cannot list them."""
+        check_backend_settings(backend, settings)
+        found = self.backends.get(backend, settings)
+        if found is None or not hasattr(found, "nodes"):
+            raise BackendError(f"backend {backend!r} does not list its nodes here; add its "
+                               f"pools with `corral pools add`")
+        reports = cast(DiscoversNodes, found).nodes()
+        return inventory.sync_pools(self.db, backend, settings, reports, prefix,
+                                    cpu_peak_tflops)
 
     def log_source(self, job_id: int, attempt: int | None = None,
                    tenant: str | None = None) -> LogSource | None:
@@ -313,10 +347,12 @@ class SchedulerService:
                 return None
             started = [event.detail for event in repo.attempt_starts(session, job.id)
                        if event.detail and event.detail.get("attempt") == chosen]
-        if not started:
-            return None
-        detail = started[-1]
-        backend = self.backends.get(str(detail.get("backend")))
+            if not started:
+                return None
+            detail = started[-1]
+            pool = repo.get_pool(session, str(detail.get("pool", "")))
+            settings = pool.backend_settings if pool is not None else None
+        backend = self.backends.get(str(detail.get("backend")), settings)
         if backend is not None and isinstance(detail.get("handle"), str):
             return BackendLog(backend, detail["handle"])
         recorded = detail.get("log")

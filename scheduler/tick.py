@@ -2,6 +2,8 @@
 
 One :meth:`Ticker.tick` is:
 
+0. Inventory, every 30 s: the nodes of pools whose backend discovers them (a Ray cluster's)
+   follow what it reports (:func:`scheduler.inventory.refresh`).
 1. Reconcile: SIGTERM gangs told to stop (a cancel requested through the API, a preemption not
    signalled yet; SIGKILL after the grace period), poll every gang that holds devices, ingest
    its progress, settle gangs that ended (succeeded, failed → retry while attempts remain,
@@ -30,15 +32,19 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, update
 from sqlalchemy.exc import IntegrityError
 
+from scheduler import inventory
 from scheduler.cycle import Admission, CycleResult, run_cycle
 from scheduler.db import repo
 from scheduler.db.lease import Fence
-from scheduler.db.models import Job
+from scheduler.db.models import Job, Pool
 from scheduler.db.session import Database
 from scheduler.db.snapshot import policy_config, snapshot
 from scheduler.dispatch import Dispatcher
+from scheduler.domain.errors import BackendError
 from scheduler.domain.spec import JobSpec
 from scheduler.domain.state import LIVE_STATES, JobState
+from scheduler.gangs.backend import DiscoversNodes, NodeReport
+from scheduler.inventory import INVENTORY_EVERY_S
 from scheduler.policies.config import Ordering
 from scheduler.reconcile import Reconciler, fenced_write
 
@@ -67,6 +73,7 @@ class Ticker:
         self.timer = timer
         self.ordering: Ordering = ordering
         self.switches = {"preemption": preemption, "backfill": backfill, "moldable": moldable}
+        self._next_inventory = float("-inf")
         self._spec_cache: dict[int, JobSpec] = {}
         """Parsed specs of pending jobs, kept between ticks (a spec never changes)."""
 
@@ -77,6 +84,9 @@ class Ticker:
         :func:`scheduler.db.lease.check`: once the lease has moved on (a higher epoch, or it
         expired) the write is rolled back and :class:`StaleLeaderError` propagates at once."""
         report = TickReport()
+        mark = self.timer()
+        self._refresh_inventory(fence)
+        report.step_seconds["0_inventory"] = self.timer() - mark
         started = self.timer()
         self.reconciler.signal_preemptions(fence)
         report.ended = self.reconciler.reconcile(fence)
@@ -107,6 +117,36 @@ class Ticker:
         report.step_seconds["5_dispatch"] = self.timer() - mark
         log.debug("tick %s", report.step_seconds)
         return report
+
+    def _refresh_inventory(self, fence: Fence | None = None) -> None:
+        """Every :data:`~scheduler.inventory.INVENTORY_EVERY_S`, let the nodes of pools whose
+        backend discovers them follow it: a Ray node that joined is added, one that left or
+        died goes ``down`` (no new gangs), one back is ``ready``."""
+        now = self.timer()
+        if now < self._next_inventory:
+            return
+        self._next_inventory = now + INVENTORY_EVERY_S
+        with self.db.read() as session:
+            pools = [(pool.id, pool.backend, pool.backend_settings)
+                     for pool in repo.list_pools(session)]
+        reports: dict[int, list[NodeReport]] = {}
+        for pool_id, name, settings in pools:
+            backend = self.reconciler.backends.get(name, settings)
+            nodes = getattr(backend, "nodes", None)
+            if nodes is None:
+                continue
+            try:
+                reports[pool_id] = cast(DiscoversNodes, backend).nodes()
+            except BackendError as err:
+                log.warning("pool %s: cannot list its nodes: %s", pool_id, err)
+        if not reports:
+            return
+        with fenced_write(self.db, fence) as session:
+            for pool_id, found in reports.items():
+                pool = session.get(Pool, pool_id)
+                if pool is not None:
+                    for row in inventory.refresh(session, pool, found):
+                        log.info("pool %s: node %s %s", pool.name, row["node"], row["change"])
 
     def _commit(self, result: CycleResult, fence: Fence | None = None) -> list[Admission]:
         admitted: list[Admission] = []

@@ -12,10 +12,8 @@ from typing import Any
 from api.cli.seam import FINAL_STATES
 from api.embedded import open_embedded, prepare_database
 from api.model_inputs import model_profile_for, submit_profile
-from scheduler import admin, auth, calibrate, tenants
-from scheduler.db import repo
+from scheduler import admin, auth, calibrate, inventory, tenants
 from scheduler.db.session import Database, default_url
-from scheduler.domain.errors import ConflictError
 from scheduler.domain.spec import JobSpec
 from scheduler.planning import plan_spec, report_dict
 from scheduler.service import SchedulerService
@@ -70,12 +68,14 @@ class EmbeddedCorral:
         return self.service.pools()
 
     def add_pool(self, name: str, backend: str, accelerator: str, nodes: int,
-                 devices_per_node: int, price: float, peak_tflops: float | None) -> None:
-        with self.service.db.write() as session:
-            if repo.get_pool(session, name) is not None:
-                raise ConflictError(f"pool {name!r} exists already")
-            repo.add_pool(session, name, backend, accelerator, nodes, devices_per_node, price,
-                          peak_flops=peak_tflops * 1e12 if peak_tflops else None)
+                 devices_per_node: int, price: float, peak_tflops: float | None,
+                 settings: dict[str, str] | None = None) -> None:
+        inventory.add_pool(self.service.db, name, backend, accelerator, nodes, devices_per_node,
+                           price, peak_tflops, settings)
+
+    def sync_pools(self, address: str, prefix: str,
+                   cpu_peak_tflops: float | None) -> list[dict[str, Any]]:
+        return self.service.sync_pools("ray", {"address": address}, prefix, cpu_peak_tflops)
 
     def step(self) -> None:
         """One scheduler tick: embedded ``corral run`` schedules its own job."""

@@ -24,7 +24,7 @@ from api.cli.render import best_plan_line, plan_table, pools_table, queue_table,
 from api.cli.seam import FINAL_STATES, CliContext
 from api.cli.serve import policy_options, server
 from scheduler.domain.errors import CorralError
-from scheduler.domain.spec import JobSpec, load_spec_file
+from scheduler.domain.spec import JobSpec, load_spec_file, parse_spec
 from scheduler.policies.config import Ordering
 
 # Piped output (scripts, tests) is not cut to 80 columns: tables stay one row per job.
@@ -102,13 +102,17 @@ def cli(ctx: click.Context, server_url: str | None) -> None:
 @cli.command()
 @click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--poll-s", default=1.0, show_default=True, help="Seconds between polls.")
-def run(job_file: Path, poll_s: float) -> None:
+@click.option("--pool", default=None, help="Run on this pool (the spec's resources.pool).")
+def run(job_file: Path, poll_s: float, pool: str | None) -> None:
     """Submit JOB_FILE, schedule and run it, and follow it to the end.
 
     Shows a progress bar with loss and tokens/s; Ctrl-C cancels the job cleanly (its ranks get
     SIGTERM and may checkpoint) and exits with status 130. Exit status 0 when it succeeded.
     """
     spec = load_spec_file(job_file)
+    if pool is not None:  # checked as if the file said it
+        raw = spec.model_dump(mode="json")
+        spec = parse_spec({**raw, "resources": {**raw["resources"], "pool": pool}})
     corral = _ctx().corral()
     job_id = corral.submit(spec)
     console.print(f"submitted job [bold]{job_id}[/] ({spec.name}, {spec.kind.value})")
@@ -244,12 +248,37 @@ def pools(ctx: click.Context) -> None:
 @click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak TFLOP/s per device, overriding the accelerator catalog's (needed "
                    "for a CPU pool on other machines: the catalog has no CPU figure).")
+@click.option("--ray-address", default=None, metavar="HOST:PORT",
+              help="The Ray cluster's address (its head's GCS port, or ray://HOST:PORT of "
+                   "its client server): required with --backend ray.")
 def pools_add(name: str, backend: str, accelerator: str, nodes: int, devices_per_node: int,
-              price: float, peak_tflops: float | None) -> None:
+              price: float, peak_tflops: float | None, ray_address: str | None) -> None:
     """Register a pool of NODES like nodes."""
+    settings = {"address": ray_address} if ray_address else None
     _ctx().corral().add_pool(name, backend, accelerator, nodes, devices_per_node, price,
-                             peak_tflops)
+                             peak_tflops, settings)
     console.print(f"added pool {name}: {nodes} × {devices_per_node} {accelerator}")
+
+
+@pools.command("sync")
+@click.option("--ray-address", required=True, metavar="HOST:PORT",
+              help="The Ray cluster whose nodes make the pools.")
+@click.option("--prefix", default="ray", show_default=True,
+              help="Pools are named PREFIX-ACCELERATOR (ray-h100, ray-cpu).")
+@click.option("--cpu-peak-tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak TFLOP/s per device of a new CPU pool (the catalog has no CPU figure).")
+def pools_sync(ray_address: str, prefix: str, cpu_peak_tflops: float | None) -> None:
+    """Make a pool per accelerator type of a Ray cluster's nodes, or bring them up to date.
+
+    Nodes with GPUs are grouped by Ray's accelerator type (their devices: the GPUs), nodes
+    without by their CPUs; a node that left or died goes down. The leading scheduler repeats
+    this every 30 s for the pools it made."""
+    rows = _ctx().corral().sync_pools(ray_address, prefix, cpu_peak_tflops)
+    for row in rows:
+        console.print(f"{row['pool']:<16} {row['node']:<20} {row['devices']:>4} devices  "
+                      f"{row['state']:<9} {row['change']}")
+    if not rows:
+        console.print("the cluster reports no node with devices")
 
 
 @cli.group()

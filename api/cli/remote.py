@@ -61,9 +61,14 @@ class RemoteCorral:
         return self.client.pools()
 
     def add_pool(self, name: str, backend: str, accelerator: str, nodes: int,
-                 devices_per_node: int, price: float, peak_tflops: float | None) -> None:
+                 devices_per_node: int, price: float, peak_tflops: float | None,
+                 settings: dict[str, str] | None = None) -> None:
         self.client.add_pool(name, backend, accelerator, nodes, devices_per_node, price,
-                             peak_tflops)
+                             peak_tflops, settings)
+
+    def sync_pools(self, address: str, prefix: str,
+                   cpu_peak_tflops: float | None) -> list[dict[str, Any]]:
+        return self.client.sync_pools({"address": address}, prefix, cpu_peak_tflops)
 
     def step(self) -> None:
         """Nothing: the server's leading replica schedules."""

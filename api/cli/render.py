@@ -53,7 +53,9 @@ def pools_table(rows: list[dict[str, Any]]) -> Table:
         table.add_column(header)
     for row in rows:
         peak, source = row["peak_flops"]  # a pair here, a two-item list over JSON
-        table.add_row(row["name"], row["backend"], row["accelerator"], str(row["nodes"]),
+        where = (row.get("backend_settings") or {}).get("address")
+        backend = f"{row['backend']} {where}" if where else row["backend"]
+        table.add_row(row["name"], backend, row["accelerator"], str(row["nodes"]),
                       str(row["devices_per_node"]), f"{row['free']}/{row['devices']}",
                       f"{row['price_per_device_hour']:.2f}",
                       "-" if peak is None else f"{peak / 1e12:.3g} ({source})")

@@ -6,7 +6,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from api.admin_schemas import NodeList, NodePublic, PoolCreate, PoolList, PoolPublic
+from api.admin_schemas import (
+    NodeList,
+    NodePublic,
+    PoolCreate,
+    PoolList,
+    PoolPublic,
+    PoolSync,
+    SyncedNodeList,
+)
 from api.deps import AdminDep, PrincipalDep, ServiceDep
 from api.routes import AUTHED, errors
 from api.schemas import NAME_PATTERN, project
@@ -28,9 +36,19 @@ def list_pools(_principal: PrincipalDep, service: ServiceDep) -> dict[str, Any]:
 def add_pool(body: PoolCreate, _admin: AdminDep, service: ServiceDep) -> dict[str, Any]:
     """Register a pool of like nodes (admin)."""
     inventory.add_pool(service.db, body.name, body.backend, body.accelerator, body.nodes,
-                       body.devices_per_node, body.price_per_device_hour, body.peak_tflops)
+                       body.devices_per_node, body.price_per_device_hour, body.peak_tflops,
+                       body.backend_settings)
     row = next(row for row in service.pools() if row["name"] == body.name)
     return project(PoolPublic, row)
+
+
+@router.post("/pools/sync", response_model=SyncedNodeList,
+             responses=errors(*AUTHED, 403, 409, 503))
+def sync_pools(body: PoolSync, _admin: AdminDep, service: ServiceDep) -> dict[str, Any]:
+    """Make or update a pool per accelerator type of a Ray cluster's nodes (admin): nodes that
+    joined are added, nodes gone or dead go down."""
+    return {"items": service.sync_pools(body.backend, body.backend_settings, body.prefix,
+                                        body.cpu_peak_tflops)}
 
 
 @router.get("/nodes", response_model=NodeList, responses=errors(*AUTHED, 404))

@@ -2,7 +2,7 @@
 
 :func:`model_profile` derives it from a transformers config (:mod:`scheduler.cost.flops`); job
 kinds that train part of a model or hold a second one adjust it
-(``workers.core.model_config``). Stored on each job as JSON, so every field has a default
+(``workers.model_config``). Stored on each job as JSON, so every field has a default
 that keeps older stored profiles loadable.
 """
 

@@ -135,6 +135,9 @@ class Pool(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     backend: Mapped[str] = mapped_column(String(32))
+    backend_settings: Mapped[dict[str, str] | None] = mapped_column(JSON, default=None)
+    """What the backend needs to reach the pool's machines (``{"address": ...}`` of a Ray
+    cluster); None for the local backend (:class:`scheduler.gangs.registry.BackendRegistry`)."""
     accelerator: Mapped[str] = mapped_column(String(64))
     devices_per_node: Mapped[int] = mapped_column(Integer)
     interconnect: Mapped[str] = mapped_column(String(64), default="")

@@ -61,9 +61,11 @@ def add_pool(
     interconnect: str = "",
     node_names: Sequence[str] | None = None,
     peak_flops: float | None = None,
+    backend_settings: dict[str, str] | None = None,
 ) -> Pool:
     """Register a pool of ``nodes`` like nodes with ``devices_per_node`` devices each."""
-    pool = Pool(name=name, backend=backend, accelerator=accelerator,
+    pool = Pool(name=name, backend=backend, backend_settings=backend_settings or None,
+                accelerator=accelerator,
                 devices_per_node=devices_per_node, interconnect=interconnect,
                 price_per_device_hour=price_per_device_hour, peak_flops=peak_flops)
     session.add(pool)

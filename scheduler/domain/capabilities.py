@@ -7,7 +7,10 @@ pools store; a backend this registry does not know is taken to span nodes and sh
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from scheduler.domain.errors import SpecError
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +39,38 @@ def capabilities_of(backend: str) -> BackendCapabilities:
     """The capabilities of ``backend``; an unknown one (a test's fake, the simulator's) spans
     nodes."""
     return CAPABILITIES.get(backend, SPANS_NODES)
+
+
+MAX_SETTING_CHARS = 256
+_ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}$")
+
+BACKEND_SETTINGS: dict[str, dict[str, re.Pattern[str]]] = {
+    "local": {},
+    "ray": {"address": _ADDRESS},
+    "kubernetes": {},
+}
+"""Backend name -> the settings a pool of it may carry, each with the pattern its value must
+match (an allowlist: nothing else is stored or handed to a backend); a backend not named here
+takes none."""
+
+REQUIRED_SETTINGS: dict[str, tuple[str, ...]] = {"ray": ("address",)}
+
+
+def check_backend_settings(backend: str, settings: dict[str, str]) -> dict[str, str]:
+    """``settings`` if a pool of ``backend`` may carry them; SpecError saying what to change
+    otherwise (an unknown key, a value out of pattern, a required key missing)."""
+    allowed = BACKEND_SETTINGS.get(backend, {})
+    for key, value in settings.items():
+        pattern = allowed.get(key)
+        if pattern is None:
+            raise SpecError(f"backend {backend} takes no setting {key!r}"
+                            + (f"; it takes {', '.join(sorted(allowed))}" if allowed else ""))
+        if not isinstance(value, str) or len(value) > MAX_SETTING_CHARS \
+                or not pattern.match(value):
+            raise SpecError(f"{backend} setting {key}={value!r} is not of the form "
+                            f"HOST:PORT or ray://HOST:PORT")
+    missing = [key for key in REQUIRED_SETTINGS.get(backend, ()) if key not in settings]
+    if missing:
+        raise SpecError(f"a {backend} pool needs {', '.join(missing)} "
+                        f"(corral pools add ... --ray-address HOST:PORT)")
+    return dict(settings)

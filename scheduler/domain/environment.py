@@ -47,6 +47,9 @@ REFUSED_PREFIXES = (
     # XLA_FLAGS=--xla_dump_to, PJRT plugin paths
     "NCCL_", "TORCH", "PYTORCH_", "CUDA_", "NVIDIA_", "XLA_", "TPU_", "PJRT_", "OMP_",
     "KMP_", "MKL_", "OPENBLAS_", "GOMP_",
+    # Ray's client and runtime: RAY_ADDRESS, RAY_AUTH_TOKEN(_PATH) would point a rank at the
+    # cluster's control plane with the scheduler's credentials (docs/ray.md)
+    "RAY_",
 )
 """Namespaces a job may not set (matched case-insensitively), except :data:`TUNABLE_NAMES`."""
 

@@ -55,6 +55,13 @@ class LaunchRefusedError(BackendError):
     """A launch that would fail the same way on every retry; the job fails without one."""
 
 
+class BackendUnavailableError(BackendError):
+    """The backend's machines cannot be reached or cannot take the gang now (a Ray cluster
+    that is down, or short of what Ray's own accounting has free): not the job's fault. A
+    launch is held and tried again later without spending an attempt; a gang that cannot be
+    polled stays as it was recorded until it can."""
+
+
 class ForbiddenError(CorralError):
     """The caller's role or tenant does not allow this request."""
 

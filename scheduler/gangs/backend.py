@@ -75,6 +75,27 @@ class Backend(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    """One machine as a backend that discovers its nodes reports it (a Ray cluster's)."""
+
+    name: str
+    """The node's name in Corral (unique over all pools): ``ray-`` and its id's first 12."""
+    accelerator: str
+    """Its devices' type (``H100``, ``cpu``)."""
+    devices: int
+    alive: bool
+
+
+class DiscoversNodes(Protocol):
+    """A backend whose machines come and go on their own (a Ray cluster's nodes): its pools'
+    nodes follow what it reports (:func:`scheduler.inventory.refresh`)."""
+
+    def nodes(self) -> list[NodeReport]:
+        """Every node it knows, alive or not; raises BackendError when it cannot tell."""
+        ...
+
+
 class LogSource(Protocol):
     """A log read in pieces (:func:`api.logs.read_masked`): its size now and a byte range."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.domain.spec_limits import MAX_PATH_CHARS
-from scheduler.gangs.protocol import read_progress
+from scheduler.gangs.protocol import parse_progress, read_progress
 
 MAX_DETAIL_CHARS = 16_384
 """Largest JSON an event's detail may take in the events table; a bigger one is dropped."""
@@ -135,4 +135,11 @@ def read_events(path: Path, cursor: int) -> tuple[list[ProgressEvent], int]:
     """:meth:`Backend.events` of a backend whose gang's progress file is on this machine: the
     typed events after byte ``cursor`` (:func:`read_progress`'s bounds) and the next cursor."""
     raw, after = read_progress(path, cursor)
+    return parse_events(raw), after
+
+
+def events_in(data: bytes, cursor: int) -> tuple[list[ProgressEvent], int]:
+    """:meth:`Backend.events` of a backend that fetches the progress stream's bytes from
+    ``cursor`` itself (a remote engine): the typed events and the next cursor."""
+    raw, after = parse_progress(data, cursor)
     return parse_events(raw), after

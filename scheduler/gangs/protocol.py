@@ -133,6 +133,9 @@ class LaunchRequest:
     """The job's run folder: the ranks' working folder, HOME and TMPDIR."""
     identity: JobIdentity | None = None
     """Who the ranks run as; None: the scheduler's own user (embedded mode)."""
+    accelerator: str = ""
+    """The pool's accelerator (``cpu``, ``H100-SXM``, ...): what each rank's share of a node
+    holds, for a backend that reserves it (a Ray bundle asks for a GPU unless ``cpu``)."""
 
 
 def append_progress(progress_file: Path, kind: ProgressKind, /, **fields: Any) -> None:
@@ -164,8 +167,16 @@ def read_progress(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], in
             return [], offset
         handle.seek(offset)
         data = handle.read(MAX_PROGRESS_READ_BYTES)
+    return parse_progress(data, offset)
+
+
+def parse_progress(data: bytes, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The complete events in ``data``, read from byte ``offset`` of a progress stream (at
+    most :data:`MAX_PROGRESS_READ_BYTES`), and the offset to read from next time: a last line
+    without its newline is left for then, one longer than the bound is skipped, and a line
+    that is not a JSON object is ignored."""
     end = data.rfind(b"\n") + 1
-    if end == 0 and len(data) == MAX_PROGRESS_READ_BYTES:
+    if end == 0 and len(data) >= MAX_PROGRESS_READ_BYTES:
         return [], offset + len(data)  # one line longer than the bound: skip it
     events = []
     for line in data[:end].splitlines():

@@ -73,8 +73,8 @@ def test_cycle_step_durations_from_observed_ticks(api: Api) -> None:
     samples = _samples(api, api.token("team-a"))
     steps = {dict(labels)["step"]: value for (name, labels), value in samples.items()
              if name == "corral_cycle_step_seconds_count"}
-    assert steps == {"1_reconcile": 3, "2_snapshot": 3, "3_cycle": 3, "4_commit_preempt": 3,
-                     "5_dispatch": 3}
+    assert steps == {"0_inventory": 3, "1_reconcile": 3, "2_snapshot": 3, "3_cycle": 3,
+                     "4_commit_preempt": 3, "5_dispatch": 3}
     assert samples[("corral_cycle_step_seconds_bucket",
                     frozenset({("step", "3_cycle"), ("le", "+Inf")}))] == 3
 

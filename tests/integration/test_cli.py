@@ -92,19 +92,25 @@ def test_unknown_job_and_missing_log(corral, tmp_path: Path) -> None:  # type: i
 def test_pools_list_and_add(corral) -> None:  # type: ignore[no-untyped-def]
     listed = corral("pools").stdout
     assert "local" in listed and "2/2" in listed
+    unreachable = corral("pools", "add", "h100", "--backend", "ray", "--accelerator",
+                         "H100-SXM", "--nodes", "2", "--devices-per-node", "8")
+    assert unreachable.returncode == 2
+    assert "a ray pool needs address (corral pools add ... --ray-address" in unreachable.stderr
     added = corral("pools", "add", "h100", "--backend", "ray", "--accelerator", "H100-SXM",
-                   "--nodes", "2", "--devices-per-node", "8", "--price", "3.5")
+                   "--nodes", "2", "--devices-per-node", "8", "--price", "3.5",
+                   "--ray-address", "10.0.0.5:6379")
     assert added.returncode == 0, added.stderr
     listed = corral("pools").stdout
     assert "16/16" in listed
     assert "989 (catalog)" in listed  # H100-SXM's dense bf16 peak from the catalog
     assert "(pool)" in listed  # the local CPU pool's measured peak
     custom = corral("pools", "add", "cpus", "--backend", "ray", "--accelerator", "cpu",
-                    "--nodes", "4", "--devices-per-node", "16", "--peak-tflops", "0.25")
+                    "--nodes", "4", "--devices-per-node", "16", "--peak-tflops", "0.25",
+                    "--ray-address", "ray://head.lab:10001")
     assert custom.returncode == 0, custom.stderr
     assert "0.25 (pool)" in corral("pools").stdout
     again = corral("pools", "add", "h100", "--backend", "ray", "--accelerator", "H100-SXM",
-                   "--nodes", "1", "--devices-per-node", "8")
+                   "--nodes", "1", "--devices-per-node", "8", "--ray-address", "10.0.0.5:6379")
     assert again.returncode == 2 and "pool 'h100' exists already" in again.stderr
 
 

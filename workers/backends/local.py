@@ -87,6 +87,8 @@ class _Gang:
     cancel_path: str
     progress_path: str = ""
     """The job's progress file in its run folder ("" in handles made before it was kept)."""
+    progress_start: int = 0
+    """The file's size when the gang started: cursor 0 of its progress stream."""
 
     def to_handle(self) -> str:
         return json.dumps({"backend": "local", **asdict(self)})
@@ -133,6 +135,8 @@ class LocalBackend:
         job_file = request.job_file
         if request.job is not None:
             job_file = str(self._write_job_file(request))
+        progress = Path(request.run_dir) / PROGRESS_FILE if request.run_dir else None
+        progress_start = _file_size(progress) if progress is not None else 0
         gang_id = uuid.uuid4().hex
         try:
             ranks = self._rank_environment(request, gang_id)
@@ -163,7 +167,8 @@ class LocalBackend:
             log_path=str(log_path),
             exit_path=str(exit_path),
             cancel_path=str(cancel_path),
-            progress_path=str(Path(request.run_dir) / PROGRESS_FILE) if request.run_dir else "",
+            progress_path=str(progress) if progress is not None else "",
+            progress_start=progress_start,
         ).to_handle()
 
     def poll(self, handle: str) -> GangStatus:
@@ -228,11 +233,13 @@ class LocalBackend:
         return read_log_file(Path(_Gang.from_handle(handle).log_path), offset, max_bytes)
 
     def events(self, handle: str, cursor: int) -> tuple[list[ProgressEvent], int]:
-        """Rank 0's progress events after byte ``cursor`` of the job's progress file."""
+        """Rank 0's progress events after ``cursor`` of the gang's progress: the bytes of the
+        job's progress file this gang appended (the file is the job's, all attempts')."""
         gang = _Gang.from_handle(handle)
         if not gang.progress_path:
             return [], cursor
-        return read_events(Path(gang.progress_path), cursor)
+        events, after = read_events(Path(gang.progress_path), gang.progress_start + cursor)
+        return events, after - gang.progress_start
 
     def inventory(self) -> LocalInventory:
         """CPU rank slots and CUDA devices of this machine (imports torch only here)."""
@@ -290,7 +297,10 @@ class LocalBackend:
 
     def _rank_environment(self, request: LaunchRequest, gang_id: str) -> dict[str, str]:
         identity = request.identity
-        env = rank_environment(os.environ, request.env, home=request.run_dir or os.getcwd(),
+        # A program that is not a Corral job (no run folder) gets its log's folder: never the
+        # working folder of whoever launched it.
+        home = request.run_dir or str(Path(request.log_path).parent)
+        env = rank_environment(os.environ, request.env, home=home,
                                python=self.python,
                                user=identity.name if identity is not None else None)
         env[GANG_ENV] = gang_id
@@ -418,6 +428,13 @@ def _wait_gone(gang: _Gang, timeout_s: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(_WAIT_STEP_S)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _read_json(path: str) -> dict[str, Any] | None:

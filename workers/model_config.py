@@ -1,5 +1,8 @@
 """The full transformers config a job's model will have, without building the model.
 
+Used by the API when a job is submitted or planned, never by the ranks: it lives beside the
+training core (``workers.core``), which the API does not import.
+
 The cost model is pure and knows no transformers defaults, so the planner asks this module for
 the complete config dict (every default filled in, the vocabulary sized as the tokenizer will
 size it) and hands that to :class:`scheduler.cost.flops.TransformerShape`.

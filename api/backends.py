@@ -1,0 +1,29 @@
+"""The backends a Corral process can drive, by name: what fills its
+:class:`~scheduler.gangs.registry.BackendRegistry`.
+
+``local`` is this machine (one instance, the one the local pool was measured with); ``ray``
+is built per pool from its settings (``{"address": ...}``) and needs ``corral[ray]``
+installed only when such a pool exists: nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from scheduler.gangs.backend import Backend
+from scheduler.gangs.registry import BackendRegistry
+from workers.backends.local import LocalBackend
+from workers.backends.ray import RayBackend
+
+
+def ray_backend(settings: Mapping[str, str]) -> Backend:
+    return RayBackend(settings["address"])
+
+
+FACTORIES = {"ray": ray_backend}
+
+
+def registry(local: LocalBackend, extra: Mapping[str, Backend] | None = None) -> BackendRegistry:
+    """This process's backends: ``local``, a Ray backend per Ray cluster its pools name, and
+    ``extra`` ready-made ones (which win over a factory of the same name)."""
+    return BackendRegistry({"local": local, **(extra or {})}, FACTORIES)
