@@ -225,7 +225,15 @@ class Agent:
         return ""
 
     def _remove(self, gang: str, group: Any, keep_keeper: bool = False) -> None:
+        """Kill the gang's rank hosts (on purpose, before their group goes: Ray reports a host
+        killed by the group's removal as an unexpected worker death), remove its placement
+        group, and its keeper unless ``keep_keeper``."""
         group_name, keeper_name = names(gang)
+        prefix = rank_name(gang, 0)[:-1]
+        for name in ray.util.list_named_actors():  # this namespace's: every rank host left
+            host = self._actor(name) if name.startswith(prefix) else None
+            if host is not None:
+                ray.kill(host, no_restart=True)
         if group is None:
             try:
                 group = ray.util.get_placement_group(group_name)
@@ -233,14 +241,9 @@ class Agent:
                 group = None
         if group is not None:
             try:
-                remove_placement_group(group)  # kills the rank hosts in it
+                remove_placement_group(group)
             except Exception as error:  # noqa: BLE001 - best effort; the next call retries
                 print(f"corral ray agent: removing {group_name}: {error}", file=sys.stderr)
-        for rank in range(1 << 16):
-            host = self._actor(rank_name(gang, rank))
-            if host is None:
-                break
-            ray.kill(host, no_restart=True)
         if not keep_keeper:
             keeper = self._actor(keeper_name)
             if keeper is not None:
