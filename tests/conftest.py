@@ -8,6 +8,7 @@ run as the ``postgres`` system user.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,10 @@ import pytest
 from psycopg import sql
 
 from tests.pg_server import PG_TOOLS, PgServer, PgUnavailable, find_pg_bin
+
+collect_ignore = [] if importlib.util.find_spec("ray") else ["ray"]
+"""tests/ray needs the Ray extra (`make test-ray` installs it); without it they are not part
+of the run at all (not skipped: `make test` does not select them either way)."""
 
 
 @pytest.fixture(scope="session")
