@@ -31,6 +31,10 @@ CAPABILITIES: dict[str, BackendCapabilities] = {
                                  preemption_signals=True),
     "ray": SPANS_NODES,
     "kubernetes": SPANS_NODES,
+    # The in-memory stand-in for GPU pools (workers.backends.fake): multi-node, and what its
+    # tests write for its gangs (checkpoints, exports) is on this machine's disk.
+    "fake": BackendCapabilities(multi_node=True, shared_filesystem=True,
+                                preemption_signals=True),
 }
 """Backend name (as pools store it) -> its capabilities."""
 

@@ -42,7 +42,8 @@ def _schedulable(api: Api) -> dict[str, bool]:
 def test_pools_are_added_and_listed(api: Api, admin: dict[str, str]) -> None:
     added = api.client.post("/v1/pools", json=GPU_POOL, headers=admin)
     assert added.status_code == 201, added.text
-    assert added.json() == {"name": "gpu", "backend": "fake", "accelerator": "H100-SXM",
+    assert added.json() == {"name": "gpu", "backend": "fake", "backend_settings": None,
+                            "accelerator": "H100-SXM",
                             "nodes": 2, "devices_per_node": 8, "devices": 16, "free": 16,
                             "price_per_device_hour": 3.5, "peak_flops": [9e14, "pool"]}
     listed = api.client.get("/v1/pools", headers=api.token("team-a")).json()["items"]

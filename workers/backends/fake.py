@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scheduler.domain.capabilities import SPANS_NODES, BackendCapabilities
+from scheduler.domain.capabilities import BackendCapabilities, capabilities_of
 from scheduler.domain.errors import BackendError
 from scheduler.gangs.backend import GangPhase, GangStatus, read_log_file
 from scheduler.gangs.events import ProgressEvent, read_events
@@ -19,7 +19,7 @@ from scheduler.gangs.protocol import PROGRESS_FILE, LaunchRequest
 @dataclass
 class FakeBackend:
     name: str = "fake"
-    capabilities: BackendCapabilities = SPANS_NODES
+    capabilities: BackendCapabilities = capabilities_of("fake")
     launched: list[LaunchRequest] = field(default_factory=list)
     fail_launch: bool = False
     preempt_signals: list[str] = field(default_factory=list)
