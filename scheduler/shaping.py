@@ -35,6 +35,7 @@ from scheduler.policies.placement import (
     gang_shapes,
     max_gang,
     place_gang,
+    predicted,
 )
 
 
@@ -79,7 +80,7 @@ def plan_for(job: PendingJobView, pool: PoolView, world_size: int, calibrated: C
     A deadline that no plan meets any more does not hold the job back: it gets the plan that
     finishes first, with a warning. A budget is a hard limit.
     Raises PlanError when the cost model predicts that no plan fits these devices."""
-    if job.model_profile is not None and job.model_profile.get("trains", True):
+    if predicted(job):
         try:
             option = pool_option(pool)
         except KeyError:

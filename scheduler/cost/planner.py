@@ -171,11 +171,18 @@ SHARDING: dict[Strategy, Sharding] = {
 def _gang_sizes(request: PlanRequest, pool: PoolOption) -> list[int]:
     if request.devices is not None:
         return [request.devices] if request.devices <= pool.max_gang else []
+    return auto_gang_sizes(request.global_batch, pool.max_gang)
+
+
+def auto_gang_sizes(global_batch: int, max_gang: int) -> list[int]:
+    """The gang sizes ``devices: auto`` weighs, smallest first: powers of two up to the pool's
+    largest gang that split the global batch evenly. ``corral plan`` and the cycle
+    (:func:`scheduler.policies.placement.gang_shapes`) enumerate the same ones."""
     sizes, size = [], 1
-    while size <= pool.max_gang:
+    while size <= max_gang:
         sizes.append(size)
         size *= 2
-    return [n for n in sizes if request.global_batch % n == 0]
+    return [n for n in sizes if global_batch % n == 0]
 
 
 def _tp_divides(profile: ModelProfile, tp: int) -> bool:

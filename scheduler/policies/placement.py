@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from scheduler.cost.planner import auto_gang_sizes
 from scheduler.domain.errors import UnschedulableError
 from scheduler.domain.resources import NodeView, PendingJobView, PoolView
 
@@ -46,15 +47,30 @@ def devices_for(job: PendingJobView, pool: PoolView) -> int:
 
 
 def gang_shapes(job: PendingJobView, pool: PoolView) -> list[int]:
-    """Gang sizes the job may take on ``pool``, largest first: its count, the ``auto`` size, or
-    for a moldable job every count in its range the pool can run that splits the global batch
-    (and the per-device batch by its micro-batch) evenly."""
+    """Gang sizes the job may take on ``pool``, largest first: its count; for ``auto``, the
+    sizes ``corral plan`` weighs (:func:`~scheduler.cost.planner.auto_gang_sizes`) when the
+    cost model can predict them, else one node; for a moldable job every count in its range
+    the pool can run. Each splits the global batch (and the per-device batch by its
+    micro-batch) evenly."""
     if job.device_range is None:
+        if job.devices is None and predicted(job):
+            sizes = [count for count in auto_gang_sizes(job.global_batch, max_gang(pool))
+                     if _splits(job, count)]
+            return sorted(sizes, reverse=True) or [devices_for(job, pool)]
         return [devices_for(job, pool)]
     low, high = job.device_range
     return [count for count in range(min(high, max_gang(pool)), low - 1, -1)
-            if job.global_batch % count == 0
-            and (job.micro_batch is None or (job.global_batch // count) % job.micro_batch == 0)]
+            if _splits(job, count)]
+
+
+def predicted(job: PendingJobView) -> bool:
+    """Whether the cost model plans this job (it knows its model, and the job trains)."""
+    return job.model_profile is not None and bool(job.model_profile.get("trains", True))
+
+
+def _splits(job: PendingJobView, count: int) -> bool:
+    return job.global_batch % count == 0 and (
+        job.micro_batch is None or (job.global_batch // count) % job.micro_batch == 0)
 
 
 def place_gang(pool: PoolView, count: int) -> DeviceList | None:

@@ -179,3 +179,30 @@ def test_a_job_several_pools_match_starts_on_the_best_one_for_its_objective() ->
     busy = make_cluster().pool("l4", "L4", nodes=1, per_node=8) \
         .pool("h100", "H100-SXM", nodes=1, per_node=8, busy={0: 8})
     assert run_cycle(busy.snapshot(_h100_job())).admissions[0].pool_name == "l4"
+
+
+LLAMA_70B = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 8192,
+             "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
+             "intermediate_size": 28672, "tie_word_embeddings": False}
+"""Llama-3-70B's shape (its config.json): no plan fits one node of 8 H100s."""
+
+
+def test_auto_devices_run_the_plan_corral_plan_ranks_best() -> None:
+    from scheduler.cost.planner import plan_job
+    from scheduler.shaping import job_request, pool_option
+
+    cluster = make_cluster().pool("h100", "H100-SXM", nodes=8, per_node=8, backend="ray")
+    job = make_job(1).devices(None).batch(64).model(LLAMA_70B, seq_len=4096, steps=100)
+    snapshot = cluster.snapshot(job)
+    pool = snapshot.pools[0]
+    best = plan_job(job_request(job.build(), None), [pool_option(pool)], {}).best
+    assert best is not None and best.plan.world_size > 8  # corral plan: more than one node
+    one_node = plan_job(job_request(job.build(), 8), [pool_option(pool)], {}).best
+    assert one_node is None  # what the cycle sized `auto` as before: pending forever
+    result = run_cycle(snapshot)
+    (admission,) = result.admissions
+    assert admission.plan == best.plan, result.pending_reasons
+    # A range that allows the same sizes is admitted too, on an empty cluster.
+    ranged = run_cycle(cluster.snapshot(
+        make_job(2).range(8, 64).batch(64).model(LLAMA_70B, seq_len=4096, steps=100)))
+    assert [a.plan.world_size > 8 for a in ranged.admissions] == [True]
