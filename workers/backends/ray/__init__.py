@@ -153,8 +153,9 @@ class RayBackend:
     def poll(self, handle: str) -> GangStatus:
         """Where the gang is: its fate once recorded; else from its ranks' exits and hosts.
 
-        A rank that ended the gang (any exit while others run) makes the others stop: SIGTERM,
-        then SIGKILL after :data:`STOP_GRACE_S`. A rank host that died (its node went away)
+        A rank that failed (a non-zero exit while others run) makes the others stop: SIGTERM,
+        then SIGKILL after :data:`STOP_GRACE_S`, as torchrun does; ranks that finished wait for
+        the others to finish too. A rank host that died (its node went away)
         fails the gang, naming the node; the others are killed."""
         gang = _Gang.from_handle(handle)
         state = self._call("state", {"gang": gang.gang, "world_size": gang.world_size})
@@ -181,7 +182,7 @@ class RayBackend:
             return self._finish(gang, status)
         if len(exits) == gang.world_size:
             return self._finish(gang, _ended(state, exits, gang.world_size))
-        if exits:
+        if any(code != 0 for code in exits.values()):  # not a rank that finished first
             self._stop_others(gang, state)
         return GangStatus(GangPhase.RUNNING)
 
