@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 from scheduler.gangs.backend import Backend
 from scheduler.gangs.registry import BackendRegistry
-from workers.backends.local import LocalBackend
 from workers.backends.ray import RayBackend
 
 
@@ -23,7 +22,7 @@ def ray_backend(settings: Mapping[str, str]) -> Backend:
 FACTORIES = {"ray": ray_backend}
 
 
-def registry(local: LocalBackend, extra: Mapping[str, Backend] | None = None) -> BackendRegistry:
-    """This process's backends: ``local``, a Ray backend per Ray cluster its pools name, and
-    ``extra`` ready-made ones (which win over a factory of the same name)."""
-    return BackendRegistry({"local": local, **(extra or {})}, FACTORIES)
+def registry(backends: Mapping[str, Backend]) -> BackendRegistry:
+    """This process's backends: the ready-made ``backends`` (the local one; a test's), which
+    win over a factory of the same name, and a Ray backend per Ray cluster its pools name."""
+    return BackendRegistry(backends, FACTORIES)

@@ -95,5 +95,6 @@ def open_embedded(url: str | None = None, home: Path | None = None,
     prepare_database(db)
     local = LocalBackend()
     ensure_local_pool(db, local)
-    return SchedulerService(db, registry(local, extra_backends), runs_dir=home / "runs",
+    return SchedulerService(db, registry({"local": local, **(extra_backends or {})}),
+                            runs_dir=home / "runs",
                             grace_s=grace_s, **policies)

@@ -37,7 +37,7 @@ import uvicorn
 
 from api.access_log import install_redaction
 from api.app import create_app
-from api.backends import FACTORIES
+from api.backends import registry
 from api.embedded import ensure_local_pool
 from api.model_inputs import warm_up
 from api.settings import Settings, is_loopback
@@ -46,7 +46,6 @@ from scheduler.db.migrate import current_revision, head_revision, upgrade
 from scheduler.db.session import Database, shown_url
 from scheduler.domain.errors import CorralError
 from scheduler.gangs.backend import Backend
-from scheduler.gangs.registry import BackendRegistry
 from scheduler.home import audit_home, prepare_home
 from scheduler.replica import Replica
 from scheduler.service import SchedulerService
@@ -138,7 +137,7 @@ def serve(settings: Settings, backends: Mapping[str, Backend] | None = None,
         check_job_identity(trust, local.python)
     if scheduler and db.is_sqlite and isinstance(local, LocalBackend):
         ensure_local_pool(db, local)
-    service = SchedulerService(db, BackendRegistry(given, FACTORIES),
+    service = SchedulerService(db, registry(given),
                                runs_dir=settings.runs_dir,
                                grace_s=settings.grace_s,
                                unlaunched_timeout_s=settings.unlaunched_timeout_s,

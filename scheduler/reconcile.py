@@ -54,8 +54,8 @@ class Reconciler:
         self.grace_s = grace_s
         self.unlaunched_timeout_s = unlaunched_timeout_s
         self.unreachable: dict[int, str] = {}
-        """Jobs whose gang could not be polled on the last pass, and why (the readiness probe
-        and ``corral show`` say so)."""
+        """Jobs whose gang could not be polled on the last pass, and why (logged as well;
+        nothing shows it to users yet)."""
 
     def signal_preemptions(self, fence: Fence | None = None) -> None:
         """Send each gang told to stop (preempted by the cycle, or cancelled through

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -324,10 +324,10 @@ class SchedulerService:
         (:func:`scheduler.inventory.sync_pools`); BackendError when it cannot list them."""
         check_backend_settings(backend, settings)
         found = self.backends.get(backend, settings)
-        if found is None or not hasattr(found, "nodes"):
+        if not isinstance(found, DiscoversNodes):
             raise BackendError(f"backend {backend!r} does not list its nodes here; add its "
                                f"pools with `corral pools add`")
-        reports = cast(DiscoversNodes, found).nodes()
+        reports = found.nodes()
         return inventory.sync_pools(self.db, backend, settings, reports, prefix,
                                     cpu_peak_tflops)
 

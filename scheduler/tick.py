@@ -46,7 +46,7 @@ from scheduler.domain.state import LIVE_STATES, JobState
 from scheduler.gangs.backend import DiscoversNodes, NodeReport
 from scheduler.inventory import INVENTORY_EVERY_S
 from scheduler.policies.config import Ordering
-from scheduler.reconcile import Reconciler, fenced_write
+from scheduler.reconcile import Reconciler, backends_of_pools, fenced_write
 
 log = logging.getLogger("corral.tick")
 
@@ -127,18 +127,24 @@ class Ticker:
             return
         self._next_inventory = now + INVENTORY_EVERY_S
         with self.db.read() as session:
-            pools = [(pool.id, pool.backend, pool.backend_settings)
-                     for pool in repo.list_pools(session)]
+            backend_of = backends_of_pools(session)
         reports: dict[int, list[NodeReport]] = {}
-        for pool_id, name, settings in pools:
+        # id() of each backend asked -> what it reported (None: it could not tell): one call
+        # per cluster, however many pools it makes.
+        listed: dict[int, list[NodeReport] | None] = {}
+        for pool_id, (name, settings) in backend_of.items():
             backend = self.reconciler.backends.get(name, settings)
-            nodes = getattr(backend, "nodes", None)
-            if nodes is None:
+            if not isinstance(backend, DiscoversNodes):
                 continue
-            try:
-                reports[pool_id] = cast(DiscoversNodes, backend).nodes()
-            except BackendError as err:
-                log.warning("pool %s: cannot list its nodes: %s", pool_id, err)
+            if id(backend) not in listed:
+                try:
+                    listed[id(backend)] = backend.nodes()
+                except BackendError as err:
+                    log.warning("pool %s: cannot list its nodes: %s", pool_id, err)
+                    listed[id(backend)] = None
+            found = listed[id(backend)]
+            if found is not None:
+                reports[pool_id] = found
         if not reports:
             return
         with fenced_write(self.db, fence) as session:

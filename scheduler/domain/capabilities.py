@@ -40,8 +40,8 @@ CAPABILITIES: dict[str, BackendCapabilities] = {
 
 
 def capabilities_of(backend: str) -> BackendCapabilities:
-    """The capabilities of ``backend``; an unknown one (a test's fake, the simulator's) spans
-    nodes."""
+    """The capabilities of ``backend``; an unknown one (a test's stand-in, the simulator's)
+    spans nodes and shares no disk."""
     return CAPABILITIES.get(backend, SPANS_NODES)
 
 

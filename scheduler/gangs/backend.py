@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from scheduler.domain.capabilities import BackendCapabilities
 from scheduler.gangs.events import ProgressEvent
@@ -87,6 +87,7 @@ class NodeReport:
     alive: bool
 
 
+@runtime_checkable
 class DiscoversNodes(Protocol):
     """A backend whose machines come and go on their own (a Ray cluster's nodes): its pools'
     nodes follow what it reports (:func:`scheduler.inventory.refresh`)."""
@@ -125,10 +126,7 @@ class FileLog:
     path: Path
 
     def size(self) -> int:
-        try:
-            return self.path.stat().st_size
-        except OSError:
-            return 0
+        return file_size(self.path)
 
     def read(self, start: int, length: int) -> bytes:
         return read_file_range(self.path, start, length)
@@ -148,3 +146,11 @@ def read_file_range(path: Path, start: int, length: int) -> bytes:
             return file.read(length)
     except OSError:
         return b""
+
+
+def file_size(path: Path) -> int:
+    """Bytes in ``path`` now; 0 if it is gone."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -152,22 +152,27 @@ scheduler read it all at once (the rest is read on the next calls)."""
 
 
 def read_progress(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Return complete events after byte ``offset`` and the offset to read from next time.
+    """Return complete events after byte ``offset`` and the offset to read from next time
+    (:func:`read_progress_bytes`, then :func:`parse_progress`): a line that is not a JSON
+    object (or longer than :data:`MAX_PROGRESS_READ_BYTES`) is skipped."""
+    return parse_progress(read_progress_bytes(path, offset), offset)
 
-    The file lies in the job's own folder, written by its ranks, and the scheduler may read it
-    with more rights than they have: a link is not followed, anything but a regular file is
-    ignored, and a line that is not a JSON object (or longer than
-    :data:`MAX_PROGRESS_READ_BYTES`) is skipped."""
+
+def read_progress_bytes(path: Path, offset: int) -> bytes:
+    """At most :data:`MAX_PROGRESS_READ_BYTES` of a progress file from byte ``offset``.
+
+    The file lies in the job's own folder, written by its ranks, and its reader may have more
+    rights than they have: a link is not followed and anything but a regular file reads as
+    empty."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:  # missing, or a link planted in its place
-        return [], offset
+        return b""
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return [], offset
+            return b""
         handle.seek(offset)
-        data = handle.read(MAX_PROGRESS_READ_BYTES)
-    return parse_progress(data, offset)
+        return handle.read(MAX_PROGRESS_READ_BYTES)
 
 
 def parse_progress(data: bytes, offset: int) -> tuple[list[dict[str, Any]], int]:

@@ -58,7 +58,8 @@ class BackendRegistry:
 
     def check(self, name: str, settings: Mapping[str, str]) -> None:
         """Raise BackendError when no pool of ``name`` with ``settings`` could be served here:
-        an unknown backend, or settings its factory refuses (checked before a pool is added)."""
+        an unknown backend, or settings its factory refuses. Meant for refusing such a pool
+        when it is added; adding a pool does not ask it yet."""
         if name in self._fixed:
             return
         if name not in self._factories:

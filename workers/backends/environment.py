@@ -1,8 +1,10 @@
-"""The environment of a gang's ranks: built from an allowlist, never inherited whole.
+"""The environment of a gang's ranks: built from an allowlist, never inherited whole, and the
+run folder they work in.
 
 :func:`rank_environment` is the only way a backend makes one (the rules and their reasons are in
 :mod:`scheduler.domain.environment`). What the scheduler's own process holds — the database URL
 with its password, an operator's ``CORRAL_TOKEN``, cloud credentials — never reaches a rank.
+:func:`prepare_run_dir` makes the run folder the ranks' own.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from scheduler.domain.environment import check_job_env_name, inherited
+from scheduler.gangs.protocol import JobIdentity
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 """The ranks' PATH after the interpreter's own folder: system folders only, not the service's."""
@@ -56,3 +59,14 @@ def rank_environment(operator: Mapping[str, str], job: Mapping[str, str], *,
         check_job_env_name(name)
         env[name] = value
     return env
+
+
+def prepare_run_dir(run_dir: Path, identity: JobIdentity | None) -> None:
+    """Make the job's run folder (0700). With another identity for the ranks, the runs folder
+    above lets them pass (0711: no listing) and the run folder becomes theirs."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir.mkdir(exist_ok=True, mode=0o700)
+    if identity is not None:
+        run_dir.parent.chmod(0o711)
+        os.chown(run_dir, identity.uid, identity.gid, follow_symlinks=False)
+        run_dir.chmod(0o700)

@@ -35,15 +35,19 @@ from typing import Any
 
 from scheduler.domain.capabilities import capabilities_of
 from scheduler.domain.errors import BackendError, LaunchRefusedError
-from scheduler.gangs.backend import GangPhase, GangStatus, read_log_file
+from scheduler.gangs.backend import GangPhase, GangStatus, file_size, read_log_file
 from scheduler.gangs.events import ProgressEvent, read_events
 from scheduler.gangs.protocol import (
     EXIT_PREEMPTED,
-    EXIT_SPEC_ERROR,
     PROGRESS_FILE,
     LaunchRequest,
 )
-from workers.backends.environment import rank_environment, service_environment
+from workers.backends.environment import (
+    prepare_run_dir,
+    rank_environment,
+    service_environment,
+)
+from workers.backends.fates import cancelled_status, describe_exit, spec_error_status
 from workers.backends.local_supervisor import (
     GANG_ENV,
     gang_pids,
@@ -136,7 +140,7 @@ class LocalBackend:
         if request.job is not None:
             job_file = str(self._write_job_file(request))
         progress = Path(request.run_dir) / PROGRESS_FILE if request.run_dir else None
-        progress_start = _file_size(progress) if progress is not None else 0
+        progress_start = file_size(progress) if progress is not None else 0
         gang_id = uuid.uuid4().hex
         try:
             ranks = self._rank_environment(request, gang_id)
@@ -186,7 +190,9 @@ class LocalBackend:
             leftovers = signal_gang(gang.gang_id, signal.SIGKILL)
         marker = _read_json(gang.cancel_path)
         if marker is not None:
-            return _cancelled_status(marker)
+            # Ranks' own exit codes are unknown here: a SIGTERMed torchrun prints no failure
+            # summary. Whether they checkpointed is in progress.jsonl (the "preempted" event).
+            return cancelled_status(marker)
         if record is None:
             detail = f"; killed {len(leftovers)} leftover processes" if leftovers else ""
             return GangStatus(GangPhase.FAILED, None, f"supervisor died without a record{detail}")
@@ -279,15 +285,9 @@ class LocalBackend:
         link they may have planted (:meth:`JobFile.write`)."""
         assert request.job is not None
         run_dir = Path(request.run_dir or request.job.run_dir)
-        identity = request.identity
-        run_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        run_dir.mkdir(exist_ok=True, mode=0o700)
-        if identity is not None:
-            run_dir.parent.chmod(0o711)
-            os.chown(run_dir, identity.uid, identity.gid, follow_symlinks=False)
-            run_dir.chmod(0o700)
+        prepare_run_dir(run_dir, request.identity)
         path = run_dir / f"attempt-{request.attempt}.json"
-        request.job.write(path, owner=identity)
+        request.job.write(path, owner=request.identity)
         return path
 
     def _torchrun_command(self, request: LaunchRequest, job_file: str) -> list[str]:
@@ -348,31 +348,19 @@ def _ended_status(gang: _Gang, record: dict[str, Any]) -> GangStatus:
         transient = launch_error.get("errno") in _TRANSIENT_ERRNOS
         return GangStatus(GangPhase.FAILED, 1, f"could not start the ranks: "
                           f"{launch_error.get('message')}", retryable=transient)
-    if EXIT_SPEC_ERROR in ranks.values():
-        rank = min(r for r, code in ranks.items() if code == EXIT_SPEC_ERROR)
-        reason = f"rank {rank} found the job's spec or files wrong"
-        return GangStatus(GangPhase.FAILED, EXIT_SPEC_ERROR,
-                          f"{reason}: {errors}" if errors else reason, retryable=False)
+    wrong = spec_error_status(ranks, errors)
+    if wrong is not None:
+        return wrong
     if _preempted(ranks, gang.world_size):
         reason = f"all {gang.world_size} ranks exited {EXIT_PREEMPTED} after checkpointing"
         return GangStatus(GangPhase.PREEMPTED, EXIT_PREEMPTED, reason)
     root = record["root_cause_rank"]
     if root is not None and root in ranks:
-        code, what = ranks[root], f"rank {root} {_describe_exit(ranks[root])}"
+        code, what = ranks[root], f"rank {root} {describe_exit(ranks[root])}"
     else:
-        code, what = torchrun_code, f"torchrun {_describe_exit(torchrun_code)}"
+        code, what = torchrun_code, f"torchrun {describe_exit(torchrun_code)}"
     reason = f"{what}: {errors}" if errors else what
     return GangStatus(GangPhase.FAILED, shell_code(code), reason)
-
-
-def _cancelled_status(marker: dict[str, Any]) -> GangStatus:
-    # Ranks' own exit codes are unknown here: a SIGTERMed torchrun prints no failure summary.
-    # Whether they checkpointed is in progress.jsonl (the "preempted" event), not in codes.
-    if marker["killed"]:
-        reason = f"cancelled: SIGKILLed after the {marker['grace_s']} s grace period"
-        return GangStatus(GangPhase.CANCELLED, shell_code(-signal.SIGKILL), reason)
-    reason = f"cancelled: stopped within the {marker['grace_s']} s grace period after SIGTERM"
-    return GangStatus(GangPhase.CANCELLED, None, reason)
 
 
 def _preempted(ranks: dict[int, int], world_size: int) -> bool:
@@ -382,21 +370,6 @@ def _preempted(ranks: dict[int, int], world_size: int) -> bool:
         and EXIT_PREEMPTED in ranks.values()
         and set(ranks.values()) <= {EXIT_PREEMPTED, -signal.SIGTERM}
     )
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        return f"killed by {_signal_name(-code)}"
-    if 128 < code < 128 + signal.NSIG:
-        return f"exited with code {code} (128 + {_signal_name(code - 128)})"
-    return f"exited with code {code}"
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _alive(pid: int, start_ticks: int) -> bool:
@@ -428,13 +401,6 @@ def _wait_gone(gang: _Gang, timeout_s: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(_WAIT_STEP_S)
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _read_json(path: str) -> dict[str, Any] | None:

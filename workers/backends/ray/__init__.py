@@ -43,12 +43,12 @@ from scheduler.gangs.backend import GangPhase, GangStatus, NodeReport
 from scheduler.gangs.events import ProgressEvent, events_in
 from scheduler.gangs.protocol import (
     EXIT_PREEMPTED,
-    EXIT_SPEC_ERROR,
     MAX_PROGRESS_READ_BYTES,
     PROGRESS_FILE,
     LaunchRequest,
 )
 from workers.backends.environment import rank_environment, service_environment
+from workers.backends.fates import cancelled_status, describe_exit, spec_error_status
 from workers.backends.local_supervisor import parse_torchrun_log, shell_code
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class RayBackend:
         the others to finish too. A rank host that died (its node went away)
         fails the gang, naming the node; the others are killed."""
         gang = _Gang.from_handle(handle)
-        state = self._call("state", {"gang": gang.gang, "world_size": gang.world_size})
+        state = self._state(gang)
         if state.get("missing"):
             # Its ranks may run on without their record: nothing of the gang may be left.
             self._call("forget", {"gang": gang.gang})
@@ -177,8 +177,7 @@ class RayBackend:
             status = GangStatus(GangPhase.FAILED, None,
                                 f"rank {rank} lost on Ray node {node[:12]} "
                                 f"({where.get('ip', '?')}): {why}")
-            self._call("signal", {"gang": gang.gang, "world_size": gang.world_size,
-                                  "signum": int(signal.SIGKILL)})
+            self._signal(gang, signal.SIGKILL)
             return self._finish(gang, status)
         if len(exits) == gang.world_size:
             return self._finish(gang, _ended(state, exits, gang.world_size))
@@ -189,7 +188,7 @@ class RayBackend:
     def cancel(self, handle: str, grace_s: float = 30.0) -> None:
         """SIGTERM every rank; after ``grace_s`` SIGKILL what still runs; record it cancelled."""
         gang = _Gang.from_handle(handle)
-        state = self._call("state", {"gang": gang.gang, "world_size": gang.world_size})
+        state = self._state(gang)
         if state.get("missing") or state["status"] is not None:
             return
         marker = {"requested_at": time.time(), "grace_s": grace_s, "killed": False}
@@ -230,10 +229,6 @@ class RayBackend:
         (a CPU pool) where it has no GPU."""
         return [_node(raw) for raw in self._call("nodes", {})]
 
-    def forget(self, handle: str) -> None:
-        """Remove what is left of the gang on the cluster, its log and events included."""
-        self._call("forget", {"gang": _Gang.from_handle(handle).gang})
-
     def close(self) -> None:
         """Stop the driver process (gangs run on: they are the cluster's)."""
         with self._lock:
@@ -254,6 +249,13 @@ class RayBackend:
         elif time.time() - float(stopping) > STOP_GRACE_S:
             self._signal(gang, signal.SIGKILL)
 
+    def _state(self, gang: _Gang) -> dict[str, Any]:
+        """The keeper's record of the gang and which unexited ranks' hosts are dead
+        (:meth:`~workers.backends.ray.agent.Agent.state`)."""
+        result: dict[str, Any] = self._call("state", {"gang": gang.gang,
+                                                      "world_size": gang.world_size})
+        return result
+
     def _signal(self, gang: _Gang, signum: signal.Signals) -> None:
         self._call("signal", {"gang": gang.gang, "world_size": gang.world_size,
                               "signum": int(signum)})
@@ -261,7 +263,7 @@ class RayBackend:
     def _wait_exited(self, gang: _Gang, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while True:
-            state = self._call("state", {"gang": gang.gang, "world_size": gang.world_size})
+            state = self._state(gang)
             if state.get("missing") or state["status"] is not None:
                 return True
             if len(state["exits"]) + len(state["dead"]) >= gang.world_size:
@@ -343,39 +345,23 @@ def _ended(state: dict[str, Any], exits: dict[int, int], world_size: int) -> Gan
     """The fate of a gang all of whose ranks exited."""
     cancel = state["marks"].get("cancel")
     if cancel is not None:
-        if cancel["killed"]:
-            return GangStatus(GangPhase.CANCELLED, shell_code(-signal.SIGKILL),
-                              f"cancelled: SIGKILLed after the {cancel['grace_s']} s grace "
-                              f"period")
-        return GangStatus(GangPhase.CANCELLED, None, f"cancelled: stopped within the "
-                          f"{cancel['grace_s']} s grace period after SIGTERM")
+        return cancelled_status(cancel)
     codes = set(exits.values())
     if codes == {0}:
         return GangStatus(GangPhase.SUCCEEDED, 0, "all ranks exited 0")
     errors = "; ".join(parse_torchrun_log(state.get("log_tail", ""))["error_lines"])
-    if EXIT_SPEC_ERROR in codes:
-        rank = min(r for r, code in exits.items() if code == EXIT_SPEC_ERROR)
-        reason = f"rank {rank} found the job's spec or files wrong"
-        return GangStatus(GangPhase.FAILED, EXIT_SPEC_ERROR,
-                          f"{reason}: {errors}" if errors else reason, retryable=False)
+    wrong = spec_error_status(exits, errors)
+    if wrong is not None:
+        return wrong
     if EXIT_PREEMPTED in codes and codes <= {EXIT_PREEMPTED, -signal.SIGTERM, 0}:
         return GangStatus(GangPhase.PREEMPTED, EXIT_PREEMPTED,
                           f"all {world_size} ranks stopped after checkpointing")
     first = min((end["at"], int(rank)) for rank, end in state["exits"].items()
                 if int(end["code"]) != 0)[1]
     where = (state["ranks"].get(str(first)) or {}).get("node_id", "?")[:12]
-    what = f"rank {first} {_describe(exits[first])} on Ray node {where}"
+    what = f"rank {first} {describe_exit(exits[first])} on Ray node {where}"
     return GangStatus(GangPhase.FAILED, shell_code(exits[first]),
                       f"{what}: {errors}" if errors else what)
-
-
-def _describe(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 def _status_of(fields: dict[str, Any]) -> GangStatus:

@@ -158,21 +158,15 @@ class RankHost:
         own (its addresses, its session) reaches the job."""
         import ray
 
+        from scheduler.gangs.backend import file_size
         from scheduler.gangs.protocol import JobFile, JobIdentity
-        from workers.backends.environment import rank_environment
+        from workers.backends.environment import prepare_run_dir, rank_environment
 
         uid, gid = spec.get("uid"), spec.get("gid")
         as_other = uid is not None and os.geteuid() == 0
         owner = JobIdentity(uid, gid, "") if as_other else None
         cwd = spec["cwd"]
-        # As the local backend does: the runs folder lets the job's identity pass (0711, no
-        # listing), the run folder is the identity's own (0700).
-        Path(cwd).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        Path(cwd).mkdir(exist_ok=True, mode=0o700)
-        if owner is not None:
-            Path(cwd).parent.chmod(0o711)
-            os.chown(cwd, owner.uid, owner.gid, follow_symlinks=False)
-            Path(cwd).chmod(0o700)
+        prepare_run_dir(Path(cwd), owner)  # as the local backend does
         if spec.get("job") is not None:
             JobFile(**spec["job"]).write(Path(spec["job_file"]), owner=owner)
         env = rank_environment(os.environ, spec["job_env"], home=cwd, python=sys.executable,
@@ -182,7 +176,7 @@ class RankHost:
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         progress = spec.get("progress_path") or ""
-        self._progress_start = _size(progress)
+        self._progress_start = file_size(Path(progress)) if progress else 0
         command = [sys.executable, "-m", spec["module"], spec["job_file"]]
         options = {"env": env, "cwd": cwd, "uid": uid if as_other else None,
                    "gid": gid if as_other else None}
@@ -266,15 +260,9 @@ class RankHost:
     def _forward_progress(self, path: str, position: int) -> int:
         import ray
 
-        from scheduler.gangs.protocol import MAX_PROGRESS_READ_BYTES
+        from scheduler.gangs.protocol import read_progress_bytes
 
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            return position
-        with os.fdopen(fd, "rb") as handle:
-            handle.seek(position)
-            data = handle.read(MAX_PROGRESS_READ_BYTES)
+        data = read_progress_bytes(Path(path), position)
         if data:
             ray.get(self.keeper.append_progress.remote(data))
         return position + len(data)
@@ -289,9 +277,3 @@ _PRCTL = _LIBC.prctl
 def _die_with_parent() -> None:
     _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
-
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size if path else 0
-    except OSError:
-        return 0

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import uuid
+from collections import Counter
 from typing import Any
 
 import ray
@@ -105,9 +106,7 @@ class Agent:
                 for rank in range(world_size)]
             where = ray.get([host.where.remote() for host in ranks], timeout=PLACE_TIMEOUT_S)
             port = ray.get(ranks[0].free_port.remote(), timeout=CALL_TIMEOUT_S)
-            per_node: dict[str, int] = {}
-            for place in where:
-                per_node[place["node_id"]] = per_node.get(place["node_id"], 0) + 1
+            per_node = Counter(place["node_id"] for place in where)
             started = []
             for rank, (host, spec) in enumerate(zip(ranks, specs, strict=True)):
                 gang_env = {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0",
@@ -134,7 +133,7 @@ class Agent:
         state["dead"] = {}
         if state["status"] is None:
             for rank in range(world_size):
-                if str(rank) in state["exits"] or rank in state["exits"]:
+                if rank in state["exits"]:
                     continue
                 problem = self._ping(gang, rank)
                 if problem:
