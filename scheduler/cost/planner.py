@@ -4,8 +4,10 @@ Steps:
 
 1. Enumerate candidates: every matching pool, every gang size the pool can run that splits the
    global batch evenly, every strategy that applies (single / DDP, FSDP full-shard and
-   shard-grad-op, tensor parallel inside one node), every micro-batch that divides the per-rank
-   batch, with and without full activation recomputation.
+   shard-grad-op, hybrid sharding (HSDP: shard within a group of 2, 4, … ranks, replicate
+   across groups), tensor parallel inside one node with plain replicas or with FSDP over the
+   groups (FSDP + TP)), every micro-batch that divides the per-rank batch, with and without full
+   activation recomputation.
 2. Predict each candidate's peak memory per device (:mod:`scheduler.cost.memory`) and its step
    time (:mod:`scheduler.cost.time`); totals and price follow.
 3. Reject what does not fit in device memory (keeping the numbers for the explanation).
@@ -162,10 +164,14 @@ def _precision(plan_precision: str) -> Precision:
     return "bf16_mixed" if plan_precision in ("bf16", "fp16") else "fp32"
 
 
-SHARDING: dict[Strategy, Sharding] = {
-    Strategy.SINGLE: "ddp", Strategy.DDP: "ddp", Strategy.TP: "ddp",
-    Strategy.FSDP_FULL: "zero3", Strategy.FSDP_GRAD_OP: "zero2",
-}
+def sharding(plan: Plan) -> Sharding:
+    """How the plan shards model states: FSDP over ``dp_shard`` ranks keeps 1/n of weights,
+    gradients and optimizer states (ZeRO-3), or of the last two while weights stay gathered
+    (shard-grad-op: ZeRO-2); every other layout keeps whole copies (tensor parallel's own split
+    is applied apart, by ``tp``)."""
+    if plan.dp_shard <= 1:
+        return "ddp"
+    return "zero2" if plan.strategy is Strategy.FSDP_GRAD_OP else "zero3"
 
 
 def _gang_sizes(request: PlanRequest, pool: PoolOption) -> list[int]:
@@ -199,10 +205,17 @@ def _layouts(request: PlanRequest, pool: PoolOption, world: int) -> Iterable[Pla
     else:
         layouts += [(Strategy.DDP, world, 1, 1), (Strategy.FSDP_FULL, 1, world, 1),
                     (Strategy.FSDP_GRAD_OP, 1, world, 1)]
+        shard = 2
+        while shard < world:  # HSDP: shard over `shard` ranks, replicate over the groups
+            if world % shard == 0:
+                layouts.append((Strategy.HSDP, world // shard, shard, 1))
+            shard *= 2
         tp = 2
         while tp <= min(world, pool.devices_per_node):
             if _tp_divides(request.profile, tp) and world % tp == 0:
                 layouts.append((Strategy.TP, world // tp, 1, tp))
+                if world > tp:  # FSDP over the tensor-parallel groups
+                    layouts.append((Strategy.FSDP_TP, 1, world // tp, tp))
             tp *= 2
     allowed = request.profile.strategies
     for strategy, replicate, shard, tp in layouts:
@@ -285,7 +298,7 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
     strategy = plan.strategy.value
     precision = _precision(plan.precision)
     recompute: Recompute = "full" if plan.activation_checkpointing else "none"
-    memory = estimate_peak(fixed.shape(request, plan.micro_batch), SHARDING[plan.strategy],
+    memory = estimate_peak(fixed.shape(request, plan.micro_batch), sharding(plan),
                            plan.dp_shard, plan.tp, precision, recompute,
                            framework_overhead_bytes=fixed.overhead_bytes)
     memory_bytes = memory.total_bytes + profile.resident_bytes

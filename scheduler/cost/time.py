@@ -12,7 +12,8 @@
   - FSDP full shard: all-gather weights in forward and again in backward, reduce-scatter
     gradients: 3·(n−1)/n · weight bytes; shard-grad-op skips the second gather: 2·(n−1)/n;
     both once per micro-step and per FSDP unit (a block, and the root), as the trainer runs
-    them; with replicas (HSDP) each unit also all-reduces across them;
+    them; with replicas (``hsdp``) each unit also all-reduces across them; under ``fsdp_tp``
+    the same over the tensor-parallel shard of the weights (1/t of them);
   - tensor parallel (Megatron, Shoeybi et al. 2019 §3): 4 all-reduces of s·b·h activations per
     layer per micro-step (2 forward, 2 backward), each 2·(t−1)/t · bytes.
   Data-parallel collectives overlap with backward by ``Accelerator.dp_overlap``; tensor-parallel
@@ -49,6 +50,10 @@ EFFICIENCY_PRIOR: dict[tuple[str, str], float] = {
     ("gpu", "fsdp_full"): 0.38,
     ("gpu", "fsdp_grad_op"): 0.40,
     ("gpu", "tp"): 0.35,
+    # The composites take the prior of the strategy that bounds them, until measured: HSDP
+    #   runs FSDP's kernels with fewer ranks per gather; FSDP + TP has TP's exposed collectives.
+    ("gpu", "hsdp"): 0.38,
+    ("gpu", "fsdp_tp"): 0.35,
     ("gpu", "single"): 0.42,
     # TPU: PaLM 540B trained at 46.2 % MFU on TPU v4 (Chowdhery et al. 2022, Table 3).
     ("tpu", "ddp"): 0.45,
@@ -64,6 +69,8 @@ EFFICIENCY_PRIOR: dict[tuple[str, str], float] = {
     ("cpu", "fsdp_full"): 0.45,
     ("cpu", "fsdp_grad_op"): 0.40,
     ("cpu", "tp"): 0.40,
+    ("cpu", "hsdp"): 0.45,
+    ("cpu", "fsdp_tp"): 0.40,
 }
 DEFAULT_EFFICIENCY = 0.30
 
@@ -97,6 +104,8 @@ HOST_EXTRA_S_PER_LAYER: dict[str, float] = {
     "fsdp_full": 0.95e-3,  # FSDP2 pre/post forward and backward hooks, copy-in/out per unit
     "fsdp_grad_op": 0.9e-3,
     "tp": 4.0e-3,  # DTensor dispatch and redistribution of every sharded linear layer
+    "hsdp": 0.95e-3,  # FSDP2's hooks, as fsdp_full
+    "fsdp_tp": 4.95e-3,  # both wrappers' work: FSDP2's hooks and TP's DTensor dispatch
 }
 RECOMPUTE_HOST_S_PER_LAYER = 1.2e-3
 """Non-reentrant activation checkpointing: the block's forward again plus its saved-tensor
@@ -114,6 +123,10 @@ each a separate memory-bound pass in eager PyTorch. Counted: forward about 75 (t
 about twice that. Measured: `.venv/bin/python bench/cpu_links.py` ("elementwise") times model
 M's step less its matrix products, attention and host dispatch: 193–230 values at the cpu
 row's 25 GB/s in three invocations."""
+
+SHARDED = ("fsdp_full", "fsdp_grad_op", "hsdp", "fsdp_tp")
+"""Strategies that run FSDP2 over ``dp_shard`` ranks: all-gather weights, reduce-scatter
+gradients."""
 
 DDP_BUCKET_BYTES = 25 * 2**20
 """``DistributedDataParallel(bucket_cap_mb=25)``, torch's default; the first bucket holds
@@ -167,14 +180,14 @@ def data_parallel_collectives(strategy: str, layers: int, dp: int, dp_replicate:
     units = layers + 1  # every block, and the root (embeddings, final norm, head)
     if strategy == "ddp":
         return ddp_buckets(grad_bytes_total)
-    if strategy in ("fsdp_full", "fsdp_grad_op"):
+    if strategy in SHARDED:
         sharded = dp // max(dp_replicate, 1) > 1
         per_unit = 0
         if sharded:
             # Full shard gathers each block in forward and again in backward, the root once
             # (FSDP2 keeps the root gathered after forward); grad-op once per unit; each unit
             # reduce-scatters its gradients.
-            per_unit = 3 * layers + 2 if strategy == "fsdp_full" else 2 * units
+            per_unit = 2 * units if strategy == "fsdp_grad_op" else 3 * layers + 2
         replicas = units if dp_replicate > 1 else 0  # HSDP all-reduce across replicas
         return grad_accum * (per_unit + replicas)
     if strategy == "tp":
@@ -235,8 +248,8 @@ def step_time(
         parts["elementwise"] = elementwise_bytes * grad_accum / memory_bandwidth_bytes_per_s
     weights = params_per_device_full * weight_bytes
     gradients = params_per_device_full * grad_bytes
-    if strategy in ("fsdp_full", "fsdp_grad_op"):
-        gathers = 2 if strategy == "fsdp_full" else 1
+    if strategy in SHARDED:
+        gathers = 1 if strategy == "fsdp_grad_op" else 2
         shard = dp // max(dp_replicate, 1)
         # Every micro-step gathers the weights and reduce-scatters its gradients: the trainer
         # lets FSDP reduce after each micro-batch, so whole gradients are never held
@@ -265,7 +278,7 @@ def step_time(
         # DDP's gradients are plain tensors; DTensor ones complete their norm per mesh dim.
         clip = 0 if strategy == "ddp" else int(tp > 1) + int(dp > 1)
         parts["synchronisation"] = (1 + clip) * alpha
-    dtensors = strategy in ("fsdp_full", "fsdp_grad_op", "tp") and (dp > 1 or tp > 1)
+    dtensors = strategy in (*SHARDED, "tp") and (dp > 1 or tp > 1)
     per_tensor = OPTIMIZER_S_PER_DTENSOR if dtensors else OPTIMIZER_S_PER_TENSOR
     optimizer_host = 0.0
     if host_mode != "compiled":

@@ -1,8 +1,13 @@
 """The parallelism plan the scheduler chooses and the trainer obeys.
 
 Degrees follow the torchtitan convention: ``dp_replicate × dp_shard × tp × pp = world size``.
-``dp_shard > 1`` means FSDP2 (``fully_shard``); ``shard_mode`` says whether parameters are
-re-sharded after forward (``full``, ZeRO-3-like) or kept gathered (``grad_op``, ZeRO-2-like).
+``dp_shard > 1`` means FSDP2 (``fully_shard``): parameters are re-sharded after forward
+(``fsdp_full``, ZeRO-3-like) or kept gathered (``fsdp_grad_op``, ZeRO-2-like). Two composites:
+
+* ``hsdp``: hybrid sharding, ``dp_replicate`` copies of a model sharded ``dp_shard`` ways
+  (FSDP2 on a 2-D mesh): shard within a node's fast links, all-reduce across nodes;
+* ``fsdp_tp``: tensor parallel inside a node (``tp``) and FSDP over the ``dp_shard`` groups,
+  the 2-D layout that large models need (torchtitan's default for Llama 3 70B).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ class Strategy(StrEnum):
     FSDP_FULL = "fsdp_full"
     FSDP_GRAD_OP = "fsdp_grad_op"
     TP = "tp"
+    HSDP = "hsdp"
+    FSDP_TP = "fsdp_tp"
     PP = "pp"
 
 
@@ -67,7 +74,9 @@ class Plan:
             Strategy.DDP: self.dp_shard == 1 and self.tp == 1 and self.pp == 1,
             Strategy.FSDP_FULL: self.dp_shard > 1,
             Strategy.FSDP_GRAD_OP: self.dp_shard > 1,
-            Strategy.TP: self.tp > 1,
+            Strategy.TP: self.tp > 1 and self.dp_shard == 1,
+            Strategy.HSDP: self.dp_replicate > 1 and self.dp_shard > 1 and self.tp == 1,
+            Strategy.FSDP_TP: self.dp_shard > 1 and self.tp > 1,
             Strategy.PP: self.pp > 1,
         }[self.strategy]
         if not expected:

@@ -54,8 +54,8 @@ GANG_CASES: dict[str, dict[str, Any]] = {
     "tp": {"strategy": "tp", "tp": 2, "micro_batch": 4, "grad_accum": 2},
 }
 GANG_OF_FOUR_CASES: dict[str, dict[str, Any]] = {
-    "hsdp": {"strategy": "fsdp_full", "dp_replicate": 2, "dp_shard": 2, "micro_batch": 2},
-    "fsdp_tp": {"strategy": "fsdp_full", "dp_shard": 2, "tp": 2, "micro_batch": 4},
+    "hsdp": {"strategy": "hsdp", "dp_replicate": 2, "dp_shard": 2, "micro_batch": 2},
+    "fsdp_tp": {"strategy": "fsdp_tp", "dp_shard": 2, "tp": 2, "micro_batch": 4},
     "tp_replicas": {"strategy": "tp", "dp_replicate": 2, "tp": 2, "micro_batch": 4},
 }
 PARALLEL_CASES = {**GANG_CASES, **GANG_OF_FOUR_CASES}

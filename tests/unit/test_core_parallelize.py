@@ -45,7 +45,7 @@ def test_degrees_that_do_not_multiply_to_the_world_show_the_equation() -> None:
 def test_pipeline_parallel_is_refused_and_the_runnable_strategies_listed(plan: Plan) -> None:
     with pytest.raises(StrategyNotImplementedError,
                        match=r"pipeline parallel is not supported yet .* single, ddp, fsdp_full, "
-                             r"fsdp_grad_op, tp"):
+                             r"fsdp_grad_op, tp, hsdp, fsdp_tp"):
         check_plan(plan, world_size=plan.world_size)
 
 

@@ -157,3 +157,46 @@ def test_a_cpu_pays_host_and_collective_costs_a_gpu_hides() -> None:
     assert big is not None and big.time_parts_s["host"] == 0.0
     assert "host" not in _evaluate_on(PoolOption("v5p", lookup("v5p"), 4, 4), profile,
                                       "fsdp_full", 2).time_parts_s
+
+
+LLAMA_70B_CONFIG = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 8192,
+                    "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
+                    "intermediate_size": 28672}
+
+
+def test_70b_on_64_h100s_is_planned_as_fsdp_plus_tensor_parallel() -> None:
+    """Tensor parallel alone keeps whole model states on every replica (164 GiB for 70B);
+    FSDP over the tensor-parallel groups shards them: the textbook 2-D layout."""
+    from scheduler.cost.profile import model_profile
+
+    profile = model_profile(LLAMA_70B_CONFIG, seq_len=4096)
+    pool = replace(H100, max_gang=64)
+    report = plan_job(request(profile=profile, devices=64), [pool])
+    everything = report.ranked + report.rejected
+    assert not [c for c in report.ranked if c.plan.strategy is Strategy.TP]
+    fsdp_tp = [c for c in report.ranked if c.plan.strategy is Strategy.FSDP_TP]
+    assert fsdp_tp and report.best is not None and report.best.plan.strategy is Strategy.FSDP_TP
+    best = report.best
+    assert best.plan.tp * best.plan.dp_shard == 64 and best.plan.tp <= 8
+    # Model states are sharded over all 64 ranks: 16 bytes per parameter / 64.
+    assert best.memory is not None
+    assert best.memory.terms["model_states"] == pytest.approx(16 * profile.params / 64, rel=0.01)
+    # Hybrid sharding (shard within groups, replicate across them) is weighed too.
+    hsdp = [c for c in everything if c.plan.strategy is Strategy.HSDP]
+    assert {(c.plan.dp_replicate, c.plan.dp_shard) for c in hsdp} >= {(8, 8), (2, 32)}
+    for candidate in everything:
+        candidate.plan.validate()
+
+
+def test_hsdp_keeps_one_shard_group_of_states_and_all_reduces_across_groups() -> None:
+    pool = replace(H100, max_gang=16)
+    report = plan_job(request(devices=16, micro_batch=1), [pool])
+    by_layout = {(c.plan.strategy, c.plan.dp_replicate, c.plan.dp_shard,
+                  c.plan.activation_checkpointing): c for c in report.ranked + report.rejected}
+    full = by_layout[(Strategy.FSDP_FULL, 1, 16, False)]
+    hybrid = by_layout[(Strategy.HSDP, 2, 8, False)]
+    assert full.memory is not None and hybrid.memory is not None
+    assert hybrid.memory.terms["model_states"] == pytest.approx(
+        2 * full.memory.terms["model_states"])
+    assert hybrid.timing is not None and full.timing is not None
+    assert hybrid.timing.parts_s["data_parallel_comm_exposed"] > 0

@@ -135,7 +135,7 @@ def test_the_cycle_plans_with_the_calibrated_efficiency() -> None:
     prior = run_cycle(cluster.snapshot(_h100_job())).admissions[0].prediction
     assert prior is not None
     measured = {("H100-SXM", strategy, "pretrain"): 0.05
-                for strategy in ("ddp", "fsdp_full", "fsdp_grad_op", "tp")}
+                for strategy in (s.value for s in Strategy)}
     slow = run_cycle(cluster.snapshot(_h100_job(), calibration=measured)).admissions[0]
     assert slow.prediction is not None and slow.prediction.efficiency == 0.05
     assert slow.prediction.step_time_s > 5 * prior.step_time_s

@@ -47,7 +47,7 @@ __all__ = ["ParallelDims", "StrategyNotImplementedError", "apply_activation_chec
 logger = logging.getLogger(__name__)
 
 _IMPLEMENTED = (Strategy.SINGLE, Strategy.DDP, Strategy.FSDP_FULL, Strategy.FSDP_GRAD_OP,
-                Strategy.TP)
+                Strategy.TP, Strategy.HSDP, Strategy.FSDP_TP)
 
 _MESH_DIMS = ("dp_replicate", "dp_shard", "tp")
 
