@@ -58,7 +58,12 @@ class PoolPublic(Schema):
     devices_per_node: int
     devices: int
     free: int
-    price_per_device_hour: float | None
+    price_per_device_hour: float | None = Field(
+        description="the pool's own price per device-hour; 0 leaves the catalog's")
+    planned_price: list[float | str | None] = Field(
+        min_length=2, max_length=2,
+        description="[price per device-hour the planner charges or null, where it comes from: "
+                    "pool, catalog or unknown]")
     # A pair [FLOP/s or null, source]. Typed as a 2-item list rather than a tuple: schemathesis
     # 4.32 cannot validate responses against the prefixItems schema a tuple becomes.
     peak_flops: list[float | str | None] = Field(

@@ -1,10 +1,16 @@
 """Closed-form memory vs the exact fake-tensor trace over many configurations.
 
-Both are fp32, one device, AdamW (foreach), no sharding: the exact mode traces what the CPU
-trainer would allocate. Full training over 5 Llama and GPT-2 models × sequence 128/512 ×
-micro-batch 1/4/8, then LoRA (peft: frozen base, adapters on q/v at rank 8 or on every linear
-layer at rank 16, one case with adapter dropout). Prints one row per configuration and the mean
-/ max absolute error, overall and for each part.
+Part 1: fp32, one device, AdamW (foreach), no sharding, as the CPU trainer runs: full training
+over 5 small Llama and GPT-2 models × sequence 128/512 × micro-batch 1/4/8, then LoRA (peft:
+frozen base, adapters on q/v at rank 8 or on every linear layer at rank 16, one case with
+adapter dropout).
+
+Part 2: the trainer's set-up at Llama-3 shapes (8B and 70B layer shapes, and a 1B model with
+full multi-head attention): fp32 and bf16 mixed precision (fp32 master weights, bf16 autocast,
+a frozen base in bf16), full training and LoRA (q/v r16, all-linear r16), with and without
+full activation checkpointing, at (sequence, micro-batch) (2048, 1) and (4096, 4).
+
+Prints one row per configuration and the mean / max absolute error, overall and per part.
 
     .venv/bin/python bench/cost_memory.py
 """
@@ -73,12 +79,32 @@ LORA_BATCHES = [(128, 4), (512, 1), (512, 8)]
 """(sequence, micro-batch) pairs of the LoRA rows: small, long-and-thin, large."""
 
 
+def _llama3(hidden: int, ffn: float, heads: int, kv_heads: int, layers: int,
+            vocab: int) -> dict[str, Any]:
+    return {"vocab_size": vocab, "hidden_size": hidden, "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads, "intermediate_size": int(ffn * hidden),
+            "tie_word_embeddings": False, "num_hidden_layers": layers}
+
+
+LLAMA3_SHAPES: list[tuple[str, dict[str, Any]]] = [
+    # Llama 3 8B and 70B (Meta's model cards: d 4096/8192, 32/64 heads, 8 KV heads, MLP
+    # 14336/28672, vocabulary 128256); a 1B-class model with full multi-head attention.
+    ("8B", _llama3(4096, 3.5, 32, 8, 32, 128256)),
+    ("70B", _llama3(8192, 3.5, 64, 8, 80, 128256)),
+    ("1B-mha", _llama3(2048, 2.6875, 16, 16, 16, 32000)),
+]
+LLAMA3_LORA = [None, LoraSetting(16, ("q_proj", "v_proj")), LoraSetting(16, "all-linear")]
+LLAMA3_BATCHES = [(2048, 1), (4096, 4)]
+
+
 def closed_form(
     architecture: str,
     config: dict[str, Any],
     seq_len: int,
     micro_batch: int,
     lora: LoraSetting | None = None,
+    precision: str = "fp32",
+    recompute: bool = False,
 ) -> float:
     from transformers import AutoConfig
 
@@ -88,7 +114,9 @@ def closed_form(
         else (None, 0, 0.0)
     step = StepShape.of_model(shape, seq_len, micro_batch, targets, rank, dropout)
     return estimate_peak(
-        step, "ddp", 1, precision="fp32", attention_scores_stored=stores_attention_scores(full)
+        step, "ddp", 1, precision=precision,  # type: ignore[arg-type]
+        recompute="full" if recompute else "none",
+        attention_scores_stored=stores_attention_scores(full),
     ).total_bytes
 
 
@@ -138,10 +166,25 @@ def main() -> None:
             f"{error:>+7.1%}",
             flush=True,
         )
-    everything = errors["full"] + errors["lora"]
+    print()
+    print(f"{'shape':>6} {'precision':>10} {'lora':>16} {'ckpt':>4} {'seq':>5} {'mb':>3} "
+          f"{'closed GiB':>10} {'exact GiB':>10} {'error':>7}")
+    errors["trainer set-up"] = []
+    for (name, config), precision, lora, recompute, (seq_len, micro_batch) in itertools.product(
+            LLAMA3_SHAPES, ("fp32", "bf16_mixed"), LLAMA3_LORA, (False, True), LLAMA3_BATCHES):
+        exact = traced_peak("llama", config, seq_len, micro_batch, lora=lora,
+                            precision=precision, recompute=recompute).total_bytes
+        closed = closed_form("llama", config, seq_len, micro_batch, lora, precision, recompute)
+        error = closed / exact - 1
+        errors["trainer set-up"].append(abs(error))
+        print(f"{name:>6} {precision:>10} {lora_label(lora):>16} {'full' if recompute else '-':>4}"
+              f" {seq_len:>5} {micro_batch:>3} {closed / 2**30:>10.2f} {exact / 2**30:>10.2f} "
+              f"{error:>+7.1%}", flush=True)
+    everything = errors["full"] + errors["lora"] + errors["trainer set-up"]
     for name, values in (
         ("full training", errors["full"]),
         ("LoRA", errors["lora"]),
+        ("trainer set-up", errors["trainer set-up"]),
         ("all", everything),
     ):
         print(

@@ -10,7 +10,7 @@ no ML framework.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,9 +35,11 @@ job's model as it is: :func:`scheduler.cost.profile.model_profile` makes the vie
 
 
 def as_profile(spec: JobSpec, model: ModelInput) -> ModelProfile:
-    if isinstance(model, ModelProfile):
-        return model
-    return model_profile(model, spec.data.seq_len)
+    """The planner's view of ``spec``'s model, stepped by the optimizer the spec names."""
+    profile = model if isinstance(model, ModelProfile) else model_profile(model, spec.data.seq_len)
+    if profile.optimizer != spec.optimizer.name:
+        profile = replace(profile, optimizer=spec.optimizer.name)
+    return profile
 
 
 def plan_request(spec: JobSpec, model: ModelInput,

@@ -306,6 +306,21 @@ class SchedulerService:
             )
             return info
 
+    def add_pool(self, name: str, backend: str, accelerator: str, nodes: int,
+                 devices_per_node: int, price_per_device_hour: float = 0.0,
+                 peak_tflops: float | None = None,
+                 backend_settings: dict[str, str] | None = None) -> None:
+        """Register a pool (:func:`scheduler.inventory.add_pool`) whose backend this service
+        can run gangs on; SpecError naming the backends it has otherwise, before anything is
+        written (a pool no backend serves would hold its jobs forever)."""
+        settings = check_backend_settings(backend, backend_settings or {})
+        try:
+            self.backends.check(backend, settings)
+        except BackendError as err:
+            raise SpecError(f"pool {name}: {err}") from None
+        inventory.add_pool(self.db, name, backend, accelerator, nodes, devices_per_node,
+                           price_per_device_hour, peak_tflops, settings)
+
     def pools(self) -> list[dict[str, Any]]:
         with self.db.read() as session:
             views = repo.load_pool_views(session)
@@ -316,6 +331,7 @@ class SchedulerService:
                  "nodes": len(p.nodes), "devices_per_node": p.devices_per_node,
                  "devices": p.total_devices, "free": p.free_devices,
                  "price_per_device_hour": p.price_per_device_hour,
+                 "planned_price": _planned_price(p),
                  "peak_flops": _peak_flops(p)} for p in views]
 
     def sync_pools(self, backend: str, settings: dict[str, str], prefix: str,
@@ -363,6 +379,17 @@ class SchedulerService:
     def job_state(self, job_id: int, tenant: str | None = None) -> JobState:
         with self.db.read() as session:
             return JobState(repo.get_job(session, job_id, tenant=tenant).state)
+
+
+def _planned_price(pool: PoolView) -> tuple[float | None, str]:
+    """Price per device-hour the planner charges on ``pool``, and where it comes from: the
+    pool's own price when it sets one, else the catalog's list price for its accelerator."""
+    if pool.price_per_device_hour > 0:
+        return pool.price_per_device_hour, "pool"
+    try:
+        return lookup(pool.accelerator).price_per_device_hour, "catalog"
+    except KeyError:
+        return None, "unknown"
 
 
 def _peak_flops(pool: PoolView) -> tuple[float | None, str]:

@@ -20,17 +20,14 @@ from scheduler.cost.flops import TransformerShape
 from scheduler.cost.profile import ModelProfile, model_profile
 from scheduler.domain.errors import SpecError
 from scheduler.domain.locations import is_job_ref, local_path
-from scheduler.domain.spec import JobKind, JobSpec
-
-BYTE_VOCAB = 258
-"""256 byte values plus end-of-text and padding (workers.core.tokenizer.ByteTokenizer)."""
+from scheduler.domain.spec import BYTE_TOKENIZER_IDS, JobKind, JobSpec
 
 
 def planned_vocab_size(spec: JobSpec) -> int | None:
     """Token ids the model will embed: exact for byte and a tokenizer folder; for BPE the
     requested size, an upper bound (training stops early on a small corpus)."""
     if spec.tokenizer.kind == "byte":
-        return BYTE_VOCAB
+        return BYTE_TOKENIZER_IDS
     if spec.tokenizer.kind == "bpe":
         return spec.tokenizer.vocab_size
     return None
@@ -38,9 +35,63 @@ def planned_vocab_size(spec: JobSpec) -> int | None:
 
 _TRANSFORMERS_IMPORT_LOCK = threading.Lock()
 
+_PLANNING_DEFAULTS: dict[str, dict[str, Any]] = {
+    # What transformers' config classes default the fields the cost model reads to
+    # (``LlamaConfig``, ``MistralConfig``, ``Qwen2Config``, ``GPT2Config`` of transformers 5;
+    # ``tests/unit/test_model_config.py`` checks every entry against transformers itself).
+    "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": None,
+              "head_dim": None, "tie_word_embeddings": False, "attention_bias": False,
+              "mlp_bias": False, "attention_dropout": 0.0, "max_position_embeddings": 2048},
+    "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                "head_dim": None, "tie_word_embeddings": False, "attention_dropout": 0.0,
+                "max_position_embeddings": 131072},
+    "qwen2": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+              "tie_word_embeddings": False, "attention_dropout": 0.0,
+              "max_position_embeddings": 32768},
+    "gpt2": {"vocab_size": 50257, "n_embd": 768, "n_inner": None, "n_layer": 12, "n_head": 12,
+             "n_positions": 1024, "tie_word_embeddings": True, "attn_pdrop": 0.1},
+}
+"""Per architecture, every config field the planner reads, with transformers' default."""
+
+_PLANNING_ALIASES: dict[str, dict[str, str]] = {
+    "gpt2": {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
+             "num_attention_heads": "n_head", "max_position_embeddings": "n_positions"},
+}
+"""transformers' ``attribute_map``: the standard names GPT-2's config stores under its own."""
+
+_PLANNING_NEUTRAL = frozenset({
+    "rope_theta", "rope_scaling", "rope_parameters", "rms_norm_eps", "layer_norm_epsilon",
+    "initializer_range", "hidden_act", "activation_function", "use_cache", "bos_token_id",
+    "eos_token_id", "pad_token_id", "dtype", "torch_dtype", "pretraining_tp", "sliding_window",
+    "use_sliding_window", "resid_pdrop", "embd_pdrop", "attn_implementation",
+})
+"""Fields that change neither parameters, FLOPs nor activation memory."""
+
+
+def planning_config(architecture: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    """The config the planner needs for ``architecture`` with ``fields``, without importing
+    transformers (and torch with it: seconds), or None when a field is one it does not know
+    (then transformers resolves the config)."""
+    defaults = _PLANNING_DEFAULTS.get(architecture)
+    if defaults is None:
+        return None
+    aliases = _PLANNING_ALIASES.get(architecture, {})
+    resolved = {"model_type": architecture, **defaults}
+    for name, value in fields.items():
+        name = aliases.get(name, name)
+        if name in defaults:
+            resolved[name] = value
+        elif name not in _PLANNING_NEUTRAL:
+            return None
+    return resolved
+
 
 def resolved_model_config(spec: JobSpec) -> dict[str, Any]:
-    """The model's config as ``config.to_dict()`` would give it."""
+    """The model's config as ``config.to_dict()`` would give it (for an inline config of a
+    common architecture, the fields the planner reads: :func:`planning_config`)."""
     if spec.model.path is not None:
         if is_job_ref(spec.model.path):
             raise SpecError(f"model.path {spec.model.path} is resolved when the job is "
@@ -52,8 +103,12 @@ def resolved_model_config(spec: JobSpec) -> dict[str, Any]:
         return dict(json.loads(config_file.read_text()))
     fields = dict(spec.model.config)
     vocab = planned_vocab_size(spec)
-    if vocab is not None:
+    if vocab is not None and "vocab_size" not in fields:  # an explicit size is kept
         fields["vocab_size"] = vocab
+    assert spec.model.architecture is not None  # ModelSpec guarantees one source
+    fast = planning_config(spec.model.architecture, fields)
+    if fast is not None:
+        return fast
     # transformers imports its model modules lazily, and two threads importing the same one at
     # once (a server's request threads) can see it half-initialized: one at a time.
     with _TRANSFORMERS_IMPORT_LOCK:
@@ -71,8 +126,13 @@ def planning_profile(spec: JobSpec, config: dict[str, Any]) -> ModelProfile:
     pretrain and full finetune train the model as it is; LoRA trains its adapters only and runs
     replicated (single device or DDP); distillation trains the student (the teacher's config
     with the student's fields) while every rank holds the teacher and runs it forward;
-    quantize and prune run the model forward on one device.
+    quantize and prune run the model forward on one device. Every trained parameter is stepped
+    by the optimizer the spec names.
     """
+    return replace(_profile_of_kind(spec, config), optimizer=spec.optimizer.name)
+
+
+def _profile_of_kind(spec: JobSpec, config: dict[str, Any]) -> ModelProfile:
     seq_len = spec.data.seq_len
     if spec.kind is JobKind.FINETUNE and spec.finetune is not None \
             and spec.finetune.method == "lora":

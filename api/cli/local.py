@@ -12,7 +12,7 @@ from typing import Any
 from api.cli.seam import FINAL_STATES
 from api.embedded import open_embedded, prepare_database
 from api.model_inputs import model_profile_for, submit_profile
-from scheduler import admin, auth, calibrate, inventory, tenants
+from scheduler import admin, auth, calibrate, tenants
 from scheduler.db.session import Database, default_url
 from scheduler.domain.spec import JobSpec
 from scheduler.planning import plan_spec, report_dict
@@ -70,8 +70,8 @@ class EmbeddedCorral:
     def add_pool(self, name: str, backend: str, accelerator: str, nodes: int,
                  devices_per_node: int, price: float, peak_tflops: float | None,
                  settings: dict[str, str] | None = None) -> None:
-        inventory.add_pool(self.service.db, name, backend, accelerator, nodes, devices_per_node,
-                           price, peak_tflops, settings)
+        self.service.add_pool(name, backend, accelerator, nodes, devices_per_node, price,
+                              peak_tflops, settings)
 
     def sync_pools(self, address: str, prefix: str,
                    cpu_peak_tflops: float | None) -> list[dict[str, Any]]:

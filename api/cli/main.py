@@ -8,6 +8,7 @@ the server.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,14 @@ from rich.markup import escape
 from api.cli.admin import admin
 from api.cli.follow import follow_run, print_summary, stream_log
 from api.cli.login import login
-from api.cli.render import best_plan_line, plan_table, pools_table, queue_table, show_job
+from api.cli.render import (
+    best_plan_line,
+    plan_rows_json,
+    plan_table,
+    pools_table,
+    queue_table,
+    show_job,
+)
 from api.cli.seam import FINAL_STATES, CliContext
 from api.cli.serve import policy_options, server
 from scheduler.domain.errors import CorralError
@@ -132,7 +140,9 @@ def run(job_file: Path, poll_s: float, pool: str | None) -> None:
 @click.option("--limit", default=10, show_default=True, help="Feasible plans to show.")
 @click.option("--rejected", "show_rejected", default=5, show_default=True,
               help="Rejected plans to show (closest to fitting first).")
-def plan(job_files: tuple[Path, ...], limit: int, show_rejected: int) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print every plan of every job as JSON (a list, one object per job file).")
+def plan(job_files: tuple[Path, ...], limit: int, show_rejected: int, as_json: bool) -> None:
     """Predict memory, step time, total time and price of every plan for each JOB_FILE on this
     cluster's pools, best first, without submitting anything.
 
@@ -142,17 +152,29 @@ def plan(job_files: tuple[Path, ...], limit: int, show_rejected: int) -> None:
     corral = _ctx().corral()
     earlier: dict[str, JobSpec] = {}
     unfit: list[str] = []
+    documents: list[dict[str, Any]] = []
     for job_file in job_files:
         spec = load_spec_file(job_file)
-        if len(job_files) > 1:
-            console.print(f"[bold]{escape(str(job_file))}[/] ({spec.name}, {spec.kind.value})")
         report = corral.plan(spec, earlier)
         earlier[spec.name] = spec
+        if as_json:
+            best = report["best"]
+            documents.append({
+                "job": spec.name, "file": str(job_file),
+                "best": plan_rows_json({"feasible": [best], "rejected": []})[0] if best else None,
+                "plans": plan_rows_json(report), "smallest_fix": report["smallest_fix"]})
+            continue
+        if len(job_files) > 1:
+            console.print(f"[bold]{escape(str(job_file))}[/] ({spec.name}, {spec.kind.value})")
         console.print(plan_table(report, limit, show_rejected))
         if report["best"] is None:
             unfit.append(f"{spec.name} fits no pool: {report['smallest_fix']}")
             continue
         console.print(best_plan_line(report["best"]), highlight=False, markup=False)
+    if as_json:
+        click.echo(json.dumps(documents, indent=2))
+        unfit = [f"{d['job']} fits no pool: {d['smallest_fix']}" for d in documents
+                 if d["best"] is None]
     if unfit:
         raise CorralError("; ".join(unfit))
 

@@ -19,6 +19,36 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def duration(seconds: float | None) -> str:
+    """A duration a person reads at a glance: ``850 µs``, ``131 ms``, ``1.31 s``, ``12.5 min``,
+    ``3.40 h``, ``12.3 d``."""
+    if seconds is None:
+        return "-"
+    for limit, unit, scale in ((1e-3, "µs", 1e-6), (1.0, "ms", 1e-3), (120.0, "s", 1.0),
+                               (7200.0, "min", 60.0), (172800.0, "h", 3600.0)):
+        if seconds < limit:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 86400:,.1f} d"
+
+
+def plan_rows_json(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """``corral plan --json``'s rows: every candidate, feasible ones first (best first), then
+    the rejected ones closest to fitting first (README, "corral plan --json")."""
+    rows = []
+    for feasible, candidates in ((True, report["feasible"]),
+                                 (False, sorted(report["rejected"], key=_memory_ratio))):
+        for c in candidates:
+            rows.append({
+                "pool": c["pool"], "accelerator": c["accelerator"], "devices": c["devices"],
+                "strategy": c["plan_detail"]["strategy"], "plan": c["plan"],
+                "plan_detail": c["plan_detail"], "memory_bytes": c["memory_bytes"],
+                "memory_limit_bytes": c["memory_limit_bytes"], "step_time_s": c["step_time_s"],
+                "total_time_s": c["run_time_s"], "completion_s": c["completion_s"],
+                "price": c["price_usd"], "feasible": feasible, "reason": c["why_not"] or None,
+            })
+    return rows
+
+
 def state_text(state: str) -> str:
     return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
 
@@ -55,9 +85,10 @@ def pools_table(rows: list[dict[str, Any]]) -> Table:
         peak, source = row["peak_flops"]  # a pair here, a two-item list over JSON
         where = (row.get("backend_settings") or {}).get("address")
         backend = f"{row['backend']} {where}" if where else row["backend"]
+        price, price_source = row["planned_price"]
         table.add_row(row["name"], backend, row["accelerator"], str(row["nodes"]),
                       str(row["devices_per_node"]), f"{row['free']}/{row['devices']}",
-                      f"{row['price_per_device_hour']:.2f}",
+                      "-" if price is None else f"{price:.2f} ({price_source})",
                       "-" if peak is None else f"{peak / 1e12:.3g} ({source})")
     return table
 
@@ -116,8 +147,7 @@ def plan_table(report: dict[str, Any], limit: int, show_rejected: int) -> Table:
         table.add_row(rank, c["pool"], str(c["devices"]), c["plan"],
                       f"{_num(_scaled(c['memory_bytes'], gib), '.2f')}/"
                       f"{_num(_scaled(c['memory_limit_bytes'], gib), '.0f')} GiB",
-                      f"{_num(_scaled(c['step_time_s'], 1e-3), '.3g')} ms",
-                      f"{_num(_scaled(c['run_time_s'], 3600), '.2f')} h",
+                      duration(c["step_time_s"]), duration(c["run_time_s"]),
                       f"${_num(c['price_usd'], ',.2f')}", escape(c["why_not"] or ""))
     return table
 

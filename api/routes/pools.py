@@ -35,9 +35,9 @@ def list_pools(_principal: PrincipalDep, service: ServiceDep) -> dict[str, Any]:
              responses=errors(*AUTHED, 403, 409))
 def add_pool(body: PoolCreate, _admin: AdminDep, service: ServiceDep) -> dict[str, Any]:
     """Register a pool of like nodes (admin)."""
-    inventory.add_pool(service.db, body.name, body.backend, body.accelerator, body.nodes,
-                       body.devices_per_node, body.price_per_device_hour, body.peak_tflops,
-                       body.backend_settings)
+    service.add_pool(body.name, body.backend, body.accelerator, body.nodes,
+                     body.devices_per_node, body.price_per_device_hour, body.peak_tflops,
+                     body.backend_settings)
     row = next(row for row in service.pools() if row["name"] == body.name)
     return project(PoolPublic, row)
 

@@ -101,10 +101,18 @@ def memory_tracker(model: Any, optimizer: Any, *inputs: Any) -> Any:
     and on real tensors (``bench/cost_memory_measured.py``).
     """
     from torch.distributed._tools.mem_tracker import MemTracker
-    from torch.utils.hooks import RemovableHandle
 
     tracker = MemTracker()
     tracker.track_external(model, optimizer, *inputs)
+    mark_frozen(tracker, model)
+    return tracker
+
+
+def mark_frozen(tracker: Any, model: Any) -> None:
+    """Mark ``model``'s frozen parameters as hooked already; again before each ``with
+    tracker:``, since leaving it drops the marks with the real hooks."""
+    from torch.utils.hooks import RemovableHandle
+
     for param in model.parameters():
         if not param.requires_grad:
             no_hooks: OrderedDict[int, Any] = OrderedDict()  # weak-referenceable, unlike dict
@@ -112,7 +120,6 @@ def memory_tracker(model: Any, optimizer: Any, *inputs: Any) -> Any:
                 RemovableHandle(no_hooks),
                 RemovableHandle(no_hooks),
             )
-    return tracker
 
 
 def peak_by_kind(tracker: Any) -> dict[str, float]:
@@ -136,6 +143,19 @@ def peak_by_kind(tracker: Any) -> dict[str, float]:
     return out
 
 
+def _autocast(precision: str) -> Any:
+    """The trainer's forward context: bf16 autocast for ``bf16_mixed``. Traced on the CPU's
+    autocast, whose cast lists match CUDA's for what a decoder runs (matmuls and SDPA to bf16;
+    norms upcast by the model itself; the loss upcast by transformers)."""
+    import contextlib
+
+    import torch
+
+    if precision == "bf16_mixed":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _trace(
     architecture: str,
     config: dict[str, Any],
@@ -144,7 +164,10 @@ def _trace(
     micro_batch: int,
     optimizer: str,
     lora: LoraSetting | None = None,
-) -> dict[str, float]:
+    precision: str = "fp32",
+    recompute: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Peaks by kind of each phase of one training step: forward and backward, optimizer."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -153,6 +176,18 @@ def _trace(
     if "n_positions" not in config:  # GPT-2's name for it; an alias would override it
         fields.setdefault("max_position_embeddings", seq_len)
     model = build_model(architecture, fields, lora)
+    if precision == "bf16_mixed":
+        # As workers.core.lora.freeze_base: frozen weights live in the compute dtype.
+        for param in model.parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
+    if recompute:  # as workers.core.parallelize.apply_activation_checkpointing
+        options = {"use_reentrant": False}
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=options)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
     with FakeTensorMode():
         _fake_parameters(model)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -163,14 +198,30 @@ def _trace(
         )
         ids = torch.randint(0, model.config.vocab_size, (micro_batch, seq_len))
         tracker = memory_tracker(model, opt, ids)
+
+        def forward_backward() -> None:
+            with _autocast(precision):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+
+        def optimizer_step() -> None:
+            opt.step()
+            opt.zero_grad()  # set_to_none, as the trainer
+
+        # The first step creates the optimizer states the second's peaks include. Each phase
+        # of the second is tracked on its own (entering resets the peak), because which one
+        # peaks can change with depth: extrapolating one overall peak would mix the phases.
         with tracker:
-            # Two steps: the first creates the optimizer states the second's peak includes.
-            for _ in range(2):
-                model(input_ids=ids, labels=ids).loss.backward()
-                opt.step()
-                opt.zero_grad()
-                tracker.reset_mod_stats()
-            return peak_by_kind(tracker)
+            forward_backward()
+            optimizer_step()
+        phases = {}
+        for name, phase in (("forward_backward", forward_backward), ("optimizer", optimizer_step)):
+            tracker.reset_mod_stats()
+            mark_frozen(tracker, model)
+            with tracker:
+                phase()
+            phases[name] = peak_by_kind(tracker)
+        return phases
 
 
 def traced_peak(
@@ -180,12 +231,22 @@ def traced_peak(
     micro_batch: int,
     optimizer: str = "adamw",
     lora: LoraSetting | None = None,
+    precision: str = "fp32",
+    recompute: bool = False,
 ) -> TracedPeak:
-    """Peak memory of a whole model (fp32, one device) from 1- and 2-layer traces; with
-    ``lora``, of LoRA training (frozen base, peft adapters)."""
+    """Peak memory of a whole model (one device) from 1- and 2-layer traces, set up as the
+    trainer sets it up: fp32, or ``bf16_mixed`` (fp32 master weights, bf16 autocast, a frozen
+    base in bf16); with ``lora``, of LoRA training (frozen base, peft adapters); with
+    ``recompute``, of full activation checkpointing (transformers' per-block switch)."""
     layers = int(config.get("num_hidden_layers", config.get("n_layer", 1)))
-    one = _trace(architecture, config, 1, seq_len, micro_batch, optimizer, lora)
-    two = _trace(architecture, config, 2, seq_len, micro_batch, optimizer, lora)
-    by_kind = {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in (*KINDS, "total")}
-    total = by_kind.pop("total")
+    one = _trace(architecture, config, 1, seq_len, micro_batch, optimizer, lora, precision,
+                 recompute)
+    two = _trace(architecture, config, 2, seq_len, micro_batch, optimizer, lora, precision,
+                 recompute)
+    peaks = []
+    for phase in one:
+        by_kind = {k: one[phase][k] + (layers - 1) * (two[phase][k] - one[phase][k])
+                   for k in (*KINDS, "total")}
+        peaks.append((by_kind.pop("total"), by_kind))
+    total, by_kind = max(peaks, key=lambda peak: peak[0])
     return TracedPeak(total, by_kind)

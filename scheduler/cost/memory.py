@@ -4,15 +4,27 @@ All results are bytes per device. Notation: Ψ parameters, n the sharding degree
 data-parallel shards), t the tensor-parallel degree, L layers, h hidden size, a attention heads,
 s sequence length, b micro-batch (sequences per device per micro-step), V vocabulary.
 
-Model states (Rajbhandari et al. 2020, "ZeRO", §3.1 and Fig. 1), Adam with mixed precision:
-16 bytes per parameter = 2 (bf16 weights) + 2 (bf16 grads) + 12 (fp32 master, momentum,
-variance). ZeRO-1 shards the 12, ZeRO-2 also the grads, ZeRO-3/FSDP everything:
+Model states, as Corral's trainer holds them (``workers.core``): the optimizer steps fp32
+master weights with fp32 gradients; AdamW keeps two fp32 states (momentum, variance), SGD
+without momentum none (``workers.core.optim.build_optimizer``). Per trained parameter:
 
-    DDP     16Ψ          ZeRO-1  4Ψ + 12Ψ/n
-    ZeRO-2  2Ψ + 14Ψ/n   ZeRO-3  16Ψ/n
+    fp32        4 weights + 4 grads + 4·k optimizer      (k states: AdamW 2, SGD 0)
+    bf16 mixed  the same, and a bf16 copy of every trained matrix during forward and backward
+                (2 bytes): autocast casts each fp32 weight once per forward and autograd keeps
+                the copy for backward; under FSDP the copy is the unit FSDP gathers in bf16
+                (its ``MixedPrecisionPolicy(param_dtype=bfloat16)``) instead
+    bf16 pure   2 weights + 2 grads + 2·k optimizer      (no fp32 master)
 
-fp32 training (CPU) is also 16 bytes per parameter (4 weights + 4 grads + 8 Adam), split
-4 + 4 + 8 instead; pure bf16 with bf16 Adam states is 8 (2 + 2 + 4).
+A frozen parameter (LoRA's base) keeps its weight only, in the compute dtype: the trainer casts
+the frozen base to bf16 under bf16 (``workers.core.lora.freeze_base``), 2 bytes, and autocast
+makes no copy of a tensor already in bf16. With AdamW that is 16 bytes per trained parameter,
+ZeRO's count (Rajbhandari et al. 2020, §3.1: 2 + 2 + 12 under mixed precision), split
+differently: Corral keeps fp32 gradients and the bf16 copy is transient. Sharding (FSDP over n
+ranks) divides weights, gradients and optimizer states by n (ZeRO-3); shard-grad-op (ZeRO-2 as
+FSDP2 runs it: ``reshard_after_forward=False``) also keeps every unit gathered from its forward
+to its backward:
+
+    DDP  W + G + O          ZeRO-3  (W + G + O)/n          ZeRO-2  (W + G + O)/n + gathered
 
 Activations per transformer layer (Korthikanti et al. 2022, "Reducing Activation Recomputation
 in Large Transformer Models", Table 2), with 16-bit activations and tensor + sequence
@@ -63,13 +75,31 @@ Sharding = Literal["ddp", "zero1", "zero2", "zero3"]
 Precision = Literal["fp32", "bf16_mixed", "bf16_pure"]
 Recompute = Literal["none", "selective", "full"]
 
-# Bytes per parameter for (weights, grads, optimizer states) — ZeRO §3.1; fp32 and pure bf16
-# follow the same accounting with 4-byte and 2-byte tensors.
-STATE_BYTES: dict[Precision, tuple[int, int, int]] = {
-    "bf16_mixed": (2, 2, 12),
-    "fp32": (4, 4, 8),
-    "bf16_pure": (2, 2, 4),
+@dataclass(frozen=True, slots=True)
+class StateBytes:
+    """Bytes per parameter of each model state under one precision (module docstring)."""
+
+    weight: int
+    """A trained weight as the optimizer steps it (the master copy)."""
+    grad: int
+    state: int
+    """One optimizer state value (AdamW has two per parameter, SGD none)."""
+    frozen: int
+    """A frozen weight: kept in the compute dtype."""
+    compute_copy: int
+    """The compute-dtype copy of a trained weight during forward and backward (autocast)."""
+
+
+STATE_BYTES: dict[Precision, StateBytes] = {
+    "fp32": StateBytes(weight=4, grad=4, state=4, frozen=4, compute_copy=0),
+    "bf16_mixed": StateBytes(weight=4, grad=4, state=4, frozen=2, compute_copy=2),
+    "bf16_pure": StateBytes(weight=2, grad=2, state=2, frozen=2, compute_copy=0),
 }
+
+OPTIMIZER_STATES: dict[str, int] = {"adamw": 2, "sgd": 0}
+"""State tensors per trained parameter: AdamW's ``exp_avg`` and ``exp_avg_sq``
+(``torch.optim.AdamW``); SGD without momentum keeps none (``torch.optim.SGD``,
+``momentum=0``, as ``workers.core.optim.build_optimizer`` builds it)."""
 
 ACTIVATION_BYTES: dict[Precision, int] = {"bf16_mixed": 2, "bf16_pure": 2, "fp32": 4}
 """Bytes per stored activation value; Korthikanti's constants assume 2."""
@@ -81,23 +111,23 @@ def model_state_bytes(
     n: int,
     precision: Precision = "bf16_mixed",
     trainable_params: float | None = None,
+    optimizer: str = "adamw",
 ) -> float:
-    """Weights + grads + optimizer states per device (ZeRO §3.1).
+    """Weights + grads + optimizer states per device, as the trainer keeps them between steps
+    (module docstring); the transient compute-dtype copies are counted in :func:`estimate_peak`.
 
     ``trainable_params`` < ``params`` models frozen weights (LoRA): frozen weights need no
-    gradient and no optimizer state.
+    gradient and no optimizer state. ``zero1`` shards the optimizer states only (ZeRO-1).
     """
-    weights, grads, optim = STATE_BYTES[precision]
+    sizes = STATE_BYTES[precision]
     trainable = params if trainable_params is None else trainable_params
-    w = weights * params
-    g = grads * trainable
-    o = optim * trainable
+    w = sizes.weight * trainable + sizes.frozen * (params - trainable)
+    g = sizes.grad * trainable
+    o = sizes.state * OPTIMIZER_STATES[optimizer] * trainable
     if sharding == "ddp":
         return w + g + o
     if sharding == "zero1":
         return w + g + o / n
-    if sharding == "zero2":
-        return w + (g + o) / n
     return (w + g + o) / n
 
 
@@ -149,6 +179,81 @@ class Adapters:
         return change
 
 
+@dataclass(frozen=True, slots=True)
+class GatedBlock:
+    """A Llama-style block as activation memory sees it: RMSNorm, rotary attention through
+    SDPA (grouped KV heads), a gated SiLU MLP of width ``ffn_ratio``·h."""
+
+    kv_ratio: float
+    """KV heads / attention heads (GQA: Llama 3 8B has 8 / 32)."""
+    ffn_ratio: float
+    """MLP width / hidden size (Llama 3 8B: 14336 / 4096 = 3.5)."""
+
+
+def gated_activation_bytes_per_layer(
+    seq_len: int,
+    micro_batch: int,
+    hidden: int,
+    block: GatedBlock,
+    tp: int = 1,
+    recompute: Recompute = "none",
+    precision: Precision = "bf16_mixed",
+    adapters: Adapters | None = None,
+) -> float:
+    """Stored activations of one Llama-style block as the trainer runs it, counted tensor by
+    tensor from what autograd saves (bytes per token, × s·b·h), checked against the exact trace
+    (``bench/cost_memory.py``; derivation in docs/benchmarks/cost-memory.md):
+
+    * each RMSNorm saves its input and the normalised value in fp32 (8), or only the fp32 copy
+      of its input when its weight is frozen (4);
+    * a linear layer whose weight trains (or that carries an adapter) keeps its input: in fp32
+      one tensor shared by q/k/v and one by gate/up (4 each), the down projection's 4·f; under
+      bf16 autocast each layer keeps its own bf16 cast (2 each, 2·f for down), except o_proj,
+      whose input is SDPA's saved output already; a peft adapter under autocast keeps its own
+      bf16 copy of its input, o_proj's too (2);
+    * SDPA (flash / memory-efficient: no s×s scores) keeps q, k, v and its output:
+      c·(2 + 2·kv_ratio), c = 4 in fp32, 2 under bf16;
+    * the MLP keeps the gate's output (SiLU's input), SiLU's output and up's output: 3·c·f.
+
+    Tensor parallelism (without sequence parallelism, as ``workers.core.tensor_parallel``
+    shards) splits what lies between the column- and row-parallel layers by ``tp`` and leaves
+    the norms and the layers' inputs whole. Full recomputation keeps only each block's input
+    (the residual stream: fp32, or bf16 when a frozen bf16 embedding starts it).
+    """
+    sbh = seq_len * micro_batch * hidden
+    mixed = precision != "fp32"
+    c = 2 if mixed else 4
+    frozen = adapters is not None
+    if recompute == "full":
+        return sbh * (2 if frozen and mixed else 4)
+    kv, f = block.kv_ratio, block.ffn_ratio
+    if frozen:
+        assert adapters is not None
+        reads = list(adapters.reads)
+    else:
+        reads = ["attention_in"] * 3 + ["attention_out", "mlp_in", "mlp_in", "mlp_out"]
+    width = {"attention_in": 1.0, "attention_out": 1.0, "mlp_in": 1.0, "mlp_out": f}
+    whole = 2 * (4.0 if frozen else 8.0)  # the two norms
+    split = c * (2 + 2 * kv) + 3 * c * f  # SDPA's q, k, v, output; the MLP's core
+    if not mixed:
+        whole += 4 * ("attention_in" in reads) + 4 * ("mlp_in" in reads)
+        split += 4 * f * ("mlp_out" in reads)
+    else:
+        for read in reads:
+            if read == "attention_out" and not frozen:
+                continue  # SDPA's saved output, already counted
+            target = split if read in ("attention_out", "mlp_out") else whole
+            target_bytes = 2 * width[read]
+            if target is split:
+                split += target_bytes
+            else:
+                whole += target_bytes
+    if frozen and adapters is not None and adapters.dropout:
+        # adapter dropout keeps a dropped copy of each adapted input and its 1-byte mask
+        whole += sum(1.5 * c * width[read] for read in adapters.reads)
+    return sbh * (whole + split / tp)
+
+
 def activation_bytes_per_layer(
     seq_len: int,
     micro_batch: int,
@@ -185,10 +290,13 @@ def stores_attention_scores(config: dict[str, object]) -> bool:
 def logits_bytes(
     seq_len: int, micro_batch: int, vocab: int, tp: int = 1, precision: Precision = "bf16_mixed"
 ) -> float:
-    """Logits in the compute dtype, their fp32 copy for the loss, and the gradient."""
+    """Logits in the compute dtype, their fp32 copy for the loss (transformers upcasts them;
+    none needed in fp32), the log-softmax cross-entropy keeps (fp32), and the logits' gradient:
+    12 bytes per value in fp32 and under bf16 alike (measured by the exact trace)."""
     values = seq_len * micro_batch * vocab / tp
     compute = ACTIVATION_BYTES[precision]
-    return values * (compute + 4 + compute)
+    upcast = 4 if compute != 4 else 0
+    return values * (compute + upcast + 4 + compute)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +328,11 @@ class StepShape:
     """Parameters that train (LoRA: the adapters); None: all of them."""
     adapters: Adapters | None = None
     """LoRA on a frozen base (``Adapters.lora``); None: every weight trains."""
+    optimizer: str = "adamw"
+    """The optimizer that steps the trained parameters (``OPTIMIZER_STATES``)."""
+    block: GatedBlock | None = None
+    """A Llama-style block (its activations counted by :func:`gated_activation_bytes_per_layer`);
+    None: Korthikanti's GPT block."""
 
     @classmethod
     def of_model(cls, shape: TransformerShape, seq_len: int, micro_batch: int,
@@ -233,18 +346,26 @@ class StepShape:
             trainable = shape.lora_parameter_count(lora_targets, lora_rank)
             params += trainable
             adapters = Adapters.lora(shape, lora_targets, lora_dropout)
+        block = GatedBlock(shape.num_kv_heads / shape.num_heads,
+                           shape.intermediate_size / shape.hidden_size) \
+            if shape.gated_mlp and not shape.fused_projections else None
         return cls(params=params, layers=shape.num_layers, hidden=shape.hidden_size,
                    heads=shape.num_heads, vocab=shape.vocab_size, seq_len=seq_len,
                    micro_batch=micro_batch,
                    layer_params=shape.layer_matmul_parameters / shape.num_layers,
-                   trainable_params=trainable, adapters=adapters)
+                   trainable_params=trainable, adapters=adapters, block=block)
 
 
-def optimizer_temporary_bytes(trainable_params: float, foreach: bool = True) -> float:
+def optimizer_temporary_bytes(trainable_params: float, foreach: bool = True,
+                              optimizer: str = "adamw", value_bytes: int = 4) -> float:
     """Scratch memory of the optimizer step: foreach Adam/AdamW computes its update for all
-    parameters at once, holding one fp32 tensor the size of the (local) trainable parameters
-    (measured with MemTracker in exact mode; ``foreach=False`` works one tensor at a time)."""
-    return 4 * trainable_params if foreach else 0.0
+    parameters at once, holding one tensor (of the master weights' dtype) the size of the
+    (local) trainable parameters (measured with MemTracker in exact mode; ``foreach=False``
+    works one tensor at a time). SGD without momentum adds the scaled gradients in place
+    (``torch._foreach_add_``): no scratch."""
+    if not foreach or OPTIMIZER_STATES[optimizer] == 0:
+        return 0.0
+    return value_bytes * trainable_params
 
 
 CPU_FRAMEWORK_OVERHEAD_BYTES = 30 * 2**20
@@ -274,21 +395,33 @@ def estimate_peak(
     recompute: Recompute = "none",
     framework_overhead_bytes: float = 0.0,
     attention_scores_stored: bool = False,
+    grads_held: bool = False,
 ) -> MemoryEstimate:
     """Peak memory of one device.
 
     The step has two peaks and we take the larger: during forward/backward the model states
-    plus activations, logits and gathered FSDP units; during the optimizer step the model
-    states plus the optimizer's temporaries. Framework overhead (CUDA context, allocator slack;
-    calibrated per accelerator) is added to both; for a CPU rank it is
-    ``CPU_PROCESS_BASELINE_BYTES + CPU_FRAMEWORK_OVERHEAD_BYTES``, measured; 0 leaves it out.
+    plus activations, logits, the compute-dtype copies of the trained weights (autocast's, or
+    the units FSDP gathers); during the optimizer step the model states plus the optimizer's
+    temporaries. The trainer frees gradients after each step (``zero_grad(set_to_none=True)``),
+    so backward's peak (as it starts, every activation still stored) holds none, unless
+    ``grads_held``: gradient accumulation (the micro-batches after the first add to them) or
+    DDP, whose gradients are views of buckets allocated once (``gradient_as_bucket_view``).
+    Framework overhead (CUDA context, allocator slack; calibrated per accelerator) is added to
+    both; for a CPU rank it is ``CPU_PROCESS_BASELINE_BYTES + CPU_FRAMEWORK_OVERHEAD_BYTES``,
+    measured; 0 leaves it out.
     """
+    sizes = STATE_BYTES[precision]
     params = shape.params / tp
     trainable = params if shape.trainable_params is None else shape.trainable_params / tp
-    states = model_state_bytes(params, sharding, dp_shard, precision, trainable)
-    backward = {
-        "activations": shape.layers
-        * activation_bytes_per_layer(
+    states = model_state_bytes(params, sharding, dp_shard, precision, trainable,
+                               shape.optimizer)
+    grads = sizes.grad * trainable / (dp_shard if sharding in ("zero2", "zero3") else 1)
+    if shape.block is not None:
+        per_layer = gated_activation_bytes_per_layer(
+            shape.seq_len, shape.micro_batch, shape.hidden, shape.block, tp, recompute,
+            precision, shape.adapters)
+    else:
+        per_layer = activation_bytes_per_layer(
             shape.seq_len,
             shape.micro_batch,
             shape.hidden,
@@ -298,16 +431,35 @@ def estimate_peak(
             precision,
             attention_scores_stored,
             shape.adapters,
-        ),
+        )
+    backward = {
+        "activations": shape.layers * per_layer,
         "logits": logits_bytes(shape.seq_len, shape.micro_batch, shape.vocab, tp, precision),
     }
-    if sharding == "zero3" and dp_shard > 1:
+    if recompute == "full" and shape.block is not None:
+        # Backward recomputes one block at a time and holds its activations while it runs,
+        # once the logits and their gradient are gone: the larger of the two counts.
+        layer = gated_activation_bytes_per_layer(
+            shape.seq_len, shape.micro_batch, shape.hidden, shape.block, tp, "none",
+            precision, shape.adapters)
+        backward["recomputed_layer"] = max(0.0, layer - backward["logits"])
+    sharded = sharding in ("zero2", "zero3") and dp_shard > 1
+    # FSDP gathers weights in the compute dtype (its param_dtype), or as they are in fp32.
+    gathered_bytes = sizes.compute_copy or sizes.weight
+    if sharded and sharding == "zero3":
         # FSDP all-gathers one block's weights (and the next, prefetched) and reduce-scatters
         # one block's gradients: two unsharded units in the compute dtype plus one gradient.
-        weight_bytes = STATE_BYTES[precision][0]
-        backward["fsdp_gathered_units"] = 3 * shape.layer_params / tp * weight_bytes
+        backward["fsdp_gathered_units"] = 3 * shape.layer_params / tp * gathered_bytes
+    elif sharded:
+        # Shard-grad-op keeps every unit gathered from its forward until its backward.
+        backward["fsdp_gathered_units"] = (params + shape.layer_params / tp) * gathered_bytes
+    elif sizes.compute_copy:
+        # Autocast's copy of every trained weight, kept by autograd for backward.
+        backward["compute_copies"] = sizes.compute_copy * trainable
     local_trainable = trainable / dp_shard if sharding != "ddp" else trainable
-    optimizer_step = {"optimizer_temporaries": optimizer_temporary_bytes(local_trainable)}
-    transient = max(backward, optimizer_step, key=lambda terms: sum(terms.values()))
-    terms = {"model_states": states, **transient, "framework_overhead": framework_overhead_bytes}
+    backward = {"model_states": states - (0.0 if grads_held else grads), **backward}
+    optimizer_step = {"model_states": states, "optimizer_temporaries": optimizer_temporary_bytes(
+        local_trainable, optimizer=shape.optimizer, value_bytes=sizes.weight)}
+    peak = max(backward, optimizer_step, key=lambda terms: sum(terms.values()))
+    terms = {**peak, "framework_overhead": framework_overhead_bytes}
     return MemoryEstimate(sum(terms.values()), terms)

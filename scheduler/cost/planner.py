@@ -27,6 +27,7 @@ from scheduler.cost.memory import (
     CPU_FRAMEWORK_OVERHEAD_BYTES,
     CPU_PROCESS_BASELINE_BYTES,
     Adapters,
+    GatedBlock,
     MemoryEstimate,
     Precision,
     Recompute,
@@ -130,6 +131,9 @@ class PlanReport:
 
     ranked: list[Candidate] = field(default_factory=list)
     rejected: list[Candidate] = field(default_factory=list)
+    larger_gang: Candidate | None = None
+    """When nothing fits for lack of memory: the smallest gang (on one of the pools' accelerator,
+    beyond what the job or the pool allows) whose best plan would fit (:func:`plan_job`)."""
 
     @property
     def best(self) -> Candidate | None:
@@ -154,14 +158,30 @@ class PlanReport:
                     f"budget_usd accordingly")
         closest = min(self.rejected, key=lambda c: c.memory_bytes / c.memory_limit_bytes)
         gib = 2**30
+        options = []
+        if self.larger_gang is not None:
+            gang = self.larger_gang
+            options.append(f"{gang.plan.world_size} devices of {gang.pool} "
+                           f"({gang.plan.describe()}: {gang.memory_bytes / gib:.1f} GiB per "
+                           f"device; set resources.devices or a larger max, on a pool that "
+                           f"has them)")
+        if closest.plan.micro_batch > 1:
+            options.append(f"micro_batch 1 (the closest plan has {closest.plan.micro_batch})")
+        activations = closest.memory.terms.get("activations", 0.0) if closest.memory else 0.0
+        if not closest.plan.activation_checkpointing and activations > 0.1 * closest.memory_bytes:
+            options.append("activation checkpointing")
+        options.append("a shorter seq_len or an accelerator with more memory")
         return (f"needs {closest.memory_bytes / gib:.1f} GiB per device at best "
                 f"({closest.pool}, {closest.plan.describe()}); the device has "
-                f"{closest.memory_limit_bytes / gib:.1f} GiB usable: use more devices with "
-                f"fsdp_full, a smaller micro_batch or seq_len, or a larger accelerator")
+                f"{closest.memory_limit_bytes / gib:.1f} GiB usable. Options: "
+                + "; ".join(options))
 
 
-def _precision(plan_precision: str) -> Precision:
-    return "bf16_mixed" if plan_precision in ("bf16", "fp16") else "fp32"
+def _precision(plan_precision: str, family: str) -> Precision:
+    """What the trainer computes in: bf16 autocast over fp32 master weights on accelerators
+    (``workers.core.parallelize.compute_dtype``); a CPU pool computes in fp32 whatever the
+    spec asks."""
+    return "bf16_mixed" if plan_precision == "bf16" and family != "cpu" else "fp32"
 
 
 def sharding(plan: Plan) -> Sharding:
@@ -254,6 +274,7 @@ class _Fixed:
     tensors: int
     host_mode: HostMode
     label: str
+    block: GatedBlock | None = None
     shapes: dict[int, StepShape] = field(default_factory=dict)
     """The step's shape by micro-batch, the one thing in it that differs between plans."""
 
@@ -265,7 +286,8 @@ class _Fixed:
                 params=profile.params, layers=profile.layers, hidden=profile.hidden,
                 heads=profile.heads, vocab=profile.vocab, seq_len=request.seq_len,
                 micro_batch=micro_batch, layer_params=profile.layer_params,
-                trainable_params=self.trainable, adapters=self.adapters)
+                trainable_params=self.trainable, adapters=self.adapters,
+                optimizer=profile.optimizer, block=self.block)
         return shape
 
     @classmethod
@@ -285,9 +307,13 @@ class _Fixed:
             tensors = 0
         elif profile.adapter_reads is not None:
             tensors = 2 * len(profile.adapter_reads) * profile.layers  # LoRA's A and B
+        block = GatedBlock((profile.kv_heads or profile.heads) / profile.heads,
+                           (profile.intermediate or 4 * profile.hidden) / profile.hidden) \
+            if profile.gated_block else None
         return cls(trainable, profile.params if trainable is None else trainable, adapters,
                    overhead, acc.memory_bytes * MEMORY_HEADROOM, tensors,
-                   HOST_MODES.get(acc.family, "async"), pool.accelerator_name or acc.name)
+                   HOST_MODES.get(acc.family, "async"), pool.accelerator_name or acc.name,
+                   block)
 
 
 def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
@@ -296,11 +322,12 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
     profile, acc = request.profile, pool.accelerator
     fixed = fixed or _Fixed.of(request, pool)
     strategy = plan.strategy.value
-    precision = _precision(plan.precision)
+    precision = _precision(plan.precision, acc.family)
     recompute: Recompute = "full" if plan.activation_checkpointing else "none"
     memory = estimate_peak(fixed.shape(request, plan.micro_batch), sharding(plan),
                            plan.dp_shard, plan.tp, precision, recompute,
-                           framework_overhead_bytes=fixed.overhead_bytes)
+                           framework_overhead_bytes=fixed.overhead_bytes,
+                           grads_held=plan.grad_accum > 1 or plan.strategy is Strategy.DDP)
     memory_bytes = memory.total_bytes + profile.resident_bytes
     limit = fixed.limit_bytes
     tokens_per_device = request.global_batch * request.seq_len / plan.world_size
@@ -311,14 +338,17 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
         per_token = (profile.recompute_flops_per_token or profile.flops_per_token * 8 / 6) \
             - profile.masked_attention_flops_per_token * 4 / 3  # skipped again when recomputed
     flops = (per_token + profile.extra_flops_per_token) * tokens_per_device
-    bytes_per_value = 2 if precision == "bf16_mixed" else 4
+    bytes_per_value = 2 if precision != "fp32" else 4
+    # Gradients are reduced as the master weights hold them: fp32 under mixed precision (DDP's
+    # fp32 gradients; FSDP's reduce_dtype=float32), bf16 only without master weights.
+    grad_bytes = 2 if precision == "bf16_pure" else 4
     synced, tp = fixed.synced, plan.tp
     eta = (calibrated or {}).get((fixed.label, strategy)) or efficiency(acc.family, strategy)
     timing = step_time(
         flops_per_device=flops, peak_flops=acc.peak_bf16_flops,
         eta=eta, strategy=strategy,
         params_per_device_full=synced / tp, weight_bytes=bytes_per_value,
-        grad_bytes=bytes_per_value, dp=plan.dp, dp_replicate=plan.dp_replicate,
+        grad_bytes=grad_bytes, dp=plan.dp, dp_replicate=plan.dp_replicate,
         dp_link_bytes_per_s=acc.network_bytes_per_s if plan.nodes > 1
         else acc.intra_node_bytes_per_s,
         tp=tp, tp_link_bytes_per_s=acc.intra_node_bytes_per_s,
@@ -333,6 +363,7 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
         elementwise_bytes=elementwise_bytes(
             request.seq_len * plan.micro_batch, profile.hidden, profile.layers // plan.pp,
             bytes_per_value, tp, recompute == "full", not profile.trains),
+        optimizer=profile.optimizer,
     )
     run_s = STARTUP_S + request.total_steps * timing.total_s
     price = plan.world_size * run_s / 3600 * acc.price_per_device_hour
@@ -364,7 +395,37 @@ def plan_job(request: PlanRequest, pools: Sequence[PoolOption],
                                           evaluate(request, pool, plan, calibrated, fixed))
                 (report.ranked if candidate.fits else report.rejected).append(candidate)
     report.ranked.sort(key=lambda c: rank_key(request.objective, c))
+    if not report.ranked and report.rejected and all(
+            c.memory_bytes > c.memory_limit_bytes for c in report.rejected):
+        report.larger_gang = _smallest_fitting_gang(request, pools, calibrated)
     return report
+
+
+LARGEST_GANG_SEARCHED = 4096
+"""How far :func:`_smallest_fitting_gang` looks: the device counts of the largest clusters."""
+
+
+def _smallest_fitting_gang(request: PlanRequest, pools: Sequence[PoolOption],
+                           calibrated: Calibrated | None) -> Candidate | None:
+    """The best plan of the smallest power-of-two gang, beyond the job's and the pools' limits,
+    that fits in memory on one of ``pools``' accelerators (deadline and budget aside): the
+    concrete fix for a job that fits nowhere."""
+    unbounded = replace(request, devices=None, deadline_s=None, budget_usd=None,
+                        objective="completion")
+    size = 2
+    while size <= LARGEST_GANG_SEARCHED:
+        found = []
+        for pool in pools:
+            wide = replace(pool, max_gang=size)
+            fixed = _Fixed.of(unbounded, wide)
+            for plan in _layouts(unbounded, wide, size):
+                candidate = evaluate(unbounded, wide, plan, calibrated, fixed)
+                if candidate.fits:
+                    found.append(candidate)
+        if found:
+            return min(found, key=lambda c: rank_key("completion", c))
+        size *= 2
+    return None
 
 
 def _apply_limits(request: PlanRequest, candidate: Candidate) -> Candidate:

@@ -48,6 +48,13 @@ class ModelProfile:
     adapter_dropout: bool = False
     parameter_tensors: int = 0
     """Tensors the optimizer steps (host work per tensor); 0 if unknown: 9 per layer + 3."""
+    gated_block: bool = False
+    """Llama-style blocks (RMSNorm, SDPA, gated SiLU MLP, separate q/k/v): activations are
+    counted by ``scheduler.cost.memory.gated_activation_bytes_per_layer``; False: Korthikanti's
+    GPT block."""
+    optimizer: str = "adamw"
+    """The optimizer the trainer steps the trained parameters with (states per parameter:
+    ``scheduler.cost.memory.OPTIMIZER_STATES``)."""
     masked_attention_flops_per_token: float = 0.0
     """Of ``flops_per_token``, the attention products a causal kernel never runs: half of
     12·L·H·d_h·S, the masked triangle, which FlashAttention-2 (Dao 2023, §3.1.1) and torch's
@@ -70,6 +77,7 @@ def model_profile(config: Mapping[str, Any], seq_len: int,
         # workers.core.tensor_parallel shards Llama-style (gated-MLP) blocks with separate
         # q/k/v and gate/up matrices only (not Phi-3's fused ones).
         tensor_parallel=shape.gated_mlp and not shape.fused_projections,
+        gated_block=shape.gated_mlp and not shape.fused_projections,
         parameter_tensors=shape.parameter_tensors(),
         masked_attention_flops_per_token=0.0 if shape.encoder
         else 3 * shape.attention_flops_per_token(seq_len) / 2,

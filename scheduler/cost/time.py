@@ -92,6 +92,14 @@ writing Adam's 16 bytes of state once (a fused kernel) would be 28 B. On the CPU
 10 ms with one thread: 84 B × 3.3 M / 10 ms = 28 GB/s, about the catalog's cpu row, where
 charging 16 B would predict 2 ms."""
 
+SGD_BYTES_PER_PARAM = 24
+"""The same for plain SGD (no momentum, no weight decay): clipping 12 B and
+``param.add_(grad, alpha=-lr)`` 12 B (``torch.optim.sgd``)."""
+
+OPTIMIZER_TRAFFIC: dict[str, int] = {"adamw": OPTIMIZER_BYTES_PER_PARAM,
+                                     "sgd": SGD_BYTES_PER_PARAM}
+"""Memory traffic of the optimizer phase per parameter, by the optimizer the job names."""
+
 # Host seconds on one core of the 2-core AMD EPYC development machine, measured by
 # `.venv/bin/python bench/cpu_links.py` ("host dispatch"): a Llama whose blocks have hidden size
 # 16 (compute nil) under each wrapper on a one-rank mesh, the slope between 2 and 8 blocks,
@@ -203,8 +211,15 @@ class StepTime:
     parts_s: dict[str, float] = field(default_factory=dict)
 
     def explain(self) -> str:
-        parts = ", ".join(f"{name} {value * 1e3:.3g}" for name, value in self.parts_s.items())
-        return f"{self.total_s * 1e3:.3g} ms = {parts} (ms)"
+        """``1.31 s = compute 1.2 s, ...``: each part in ms below a second, else in s."""
+        parts = ", ".join(f"{name} {_seconds_text(value)}" for name, value in self.parts_s.items())
+        return f"{_seconds_text(self.total_s)} = {parts}"
+
+
+def _seconds_text(seconds: float) -> str:
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:,.3g} s" if seconds < 1000 else f"{seconds:,.0f} s"
 
 
 def step_time(
@@ -235,6 +250,7 @@ def step_time(
     host_speed: float = 1.0,
     forward_only: bool = False,
     elementwise_bytes: float = 0.0,
+    optimizer: str = "adamw",
 ) -> StepTime:
     """Seconds per optimizer step; every argument is per device and per step (see module).
 
@@ -297,7 +313,7 @@ def step_time(
         busy = sum(parts.values())
         parts["pipeline_bubble"] = busy * (pp - 1) / grad_accum
     params_local = params_per_device_full / max(dp, 1) if local_params is None else local_params
-    optimizer_memory = OPTIMIZER_BYTES_PER_PARAM * params_local / memory_bandwidth_bytes_per_s
+    optimizer_memory = OPTIMIZER_TRAFFIC[optimizer] * params_local / memory_bandwidth_bytes_per_s
     parts["optimizer"] = (optimizer_memory + optimizer_host if host_mode == "serial"
                           else max(optimizer_memory, optimizer_host))
     return StepTime(sum(parts.values()), parts)

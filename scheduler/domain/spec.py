@@ -250,6 +250,10 @@ class EnvEntry(_Strict):
     secret: bool = True
 
 
+BYTE_TOKENIZER_IDS = 258
+"""256 byte values plus end-of-text and padding (``workers.core.tokenizer.ByteTokenizer``)."""
+
+
 class JobSpec(_Strict):
     """A whole job: what to train, on what data, how much, and on which resources."""
 
@@ -322,6 +326,32 @@ class JobSpec(_Strict):
                 and "tokenizer" not in data):
             return {**data, "tokenizer": {"kind": "model"}}
         return data
+
+    @model_validator(mode="after")
+    def _precision_the_trainer_runs(self) -> JobSpec:
+        if self.precision == "fp16":
+            raise ValueError("precision: fp16 needs loss scaling, which the trainer does not do "
+                             "(fp16 gradients underflow without it); use bf16 (the same memory "
+                             "and speed on GPUs that have it, A100 and newer) or fp32")
+        return self
+
+    @model_validator(mode="after")
+    def _vocabulary_fits_the_tokenizer(self) -> JobSpec:
+        requested = self.model.config.get("vocab_size")
+        if requested is None or self.model.path is not None:
+            return self
+        ids = {"byte": BYTE_TOKENIZER_IDS, "bpe": self.tokenizer.vocab_size}.get(
+            self.tokenizer.kind)
+        if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
+            raise ValueError(f"model.config.vocab_size must be a positive integer, "
+                             f"got {requested!r}")
+        if ids is not None and requested < ids:
+            raise ValueError(
+                f"model.config.vocab_size {requested} is smaller than the {self.tokenizer.kind} "
+                f"tokenizer's {ids} ids: raise it to at least {ids} (a larger embedding, "
+                f"e.g. padded to a multiple of 64, is kept as given), or remove it to embed "
+                f"exactly the tokenizer's ids")
+        return self
 
     @model_validator(mode="after")
     def _sections_match_kind(self) -> JobSpec:

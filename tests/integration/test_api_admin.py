@@ -45,7 +45,8 @@ def test_pools_are_added_and_listed(api: Api, admin: dict[str, str]) -> None:
     assert added.json() == {"name": "gpu", "backend": "fake", "backend_settings": None,
                             "accelerator": "H100-SXM",
                             "nodes": 2, "devices_per_node": 8, "devices": 16, "free": 16,
-                            "price_per_device_hour": 3.5, "peak_flops": [9e14, "pool"]}
+                            "price_per_device_hour": 3.5, "planned_price": [3.5, "pool"],
+                            "peak_flops": [9e14, "pool"]}
     listed = api.client.get("/v1/pools", headers=api.token("team-a")).json()["items"]
     assert [pool["name"] for pool in listed] == ["cpu", "gpu"]
     assert error_of(api.client.post("/v1/pools", json=GPU_POOL, headers=admin)) == \

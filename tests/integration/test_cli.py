@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -103,15 +104,24 @@ def test_pools_list_and_add(corral) -> None:  # type: ignore[no-untyped-def]
     listed = corral("pools").stdout
     assert "16/16" in listed
     assert "989 (catalog)" in listed  # H100-SXM's dense bf16 peak from the catalog
+    assert "3.50 (pool)" in listed  # the price the planner charges, the pool's own
     assert "(pool)" in listed  # the local CPU pool's measured peak
     custom = corral("pools", "add", "cpus", "--backend", "ray", "--accelerator", "cpu",
                     "--nodes", "4", "--devices-per-node", "16", "--peak-tflops", "0.25",
                     "--ray-address", "ray://head.lab:10001")
     assert custom.returncode == 0, custom.stderr
-    assert "0.25 (pool)" in corral("pools").stdout
+    listed = corral("pools").stdout
+    assert "0.25 (pool)" in listed
+    assert "0.00 (catalog)" in listed  # no price given: the catalog's for a CPU
     again = corral("pools", "add", "h100", "--backend", "ray", "--accelerator", "H100-SXM",
                    "--nodes", "1", "--devices-per-node", "8", "--ray-address", "10.0.0.5:6379")
     assert again.returncode == 2 and "pool 'h100' exists already" in again.stderr
+    # A pool no backend here can serve was accepted, and its jobs waited forever.
+    nowhere = corral("pools", "add", "k8s", "--backend", "kubernetes", "--accelerator",
+                     "H100-SXM", "--nodes", "1", "--devices-per-node", "8")
+    assert nowhere.returncode == 2
+    assert "no backend 'kubernetes' here; pick one of local, ray" in nowhere.stderr
+    assert "k8s" not in corral("pools").stdout
 
 
 def test_db_upgrade_is_idempotent(corral, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -132,6 +142,54 @@ def test_plan_prints_ranked_candidates_and_refuses_what_fits_nowhere(
                 data__seq_len=4096, resources__devices=1)
     refused = corral("plan", huge)
     assert refused.returncode == 2 and "fits no pool: needs" in refused.stderr
+
+
+def test_plan_json_lists_every_plan_with_the_documented_fields(
+        corral, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    example = Path(__file__).resolve().parents[2] / "examples" / "pretrain-tiny.yaml"
+    planned = corral("plan", "--json", str(example))
+    assert planned.returncode == 0, planned.stderr
+    (document,) = json.loads(planned.stdout)
+    assert document["job"] == "pretrain-tiny" and document["smallest_fix"] is None
+    fields = {"pool", "devices", "strategy", "memory_bytes", "step_time_s", "total_time_s",
+              "price", "feasible", "reason"}
+    plans = document["plans"]
+    assert plans and all(fields <= set(row) for row in plans)
+    assert document["best"] == plans[0] and plans[0]["feasible"] is True
+    assert all(row["step_time_s"] > 0 and row["memory_bytes"] > 0 for row in plans)
+    # Feasible plans first, then the rejected ones, each with its reason.
+    feasible = [row["feasible"] for row in plans]
+    assert feasible == sorted(feasible, reverse=True)
+    assert all(row["reason"] for row in plans if not row["feasible"])
+    huge = _job(tmp_path, model__config={"hidden_size": 8192, "num_hidden_layers": 80,
+                                         "num_attention_heads": 64, "intermediate_size": 28672},
+                data__seq_len=4096, resources__devices=1)
+    refused = corral("plan", "--json", huge)
+    assert refused.returncode == 2 and "fits no pool" in refused.stderr
+    (unfit,) = json.loads(refused.stdout)
+    assert unfit["best"] is None and "needs" in unfit["smallest_fix"]
+
+
+def test_plan_keeps_torch_and_transformers_off_its_path(tmp_path: Path) -> None:
+    """`corral plan` took 13-39 s, ~24 s of it importing transformers and torch to fill in an
+    inline model config; the planner's own defaults table needs neither."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "pretrain-tiny.yaml"
+    program = ("import sys\n"
+               "from api.cli.main import cli\n"
+               f"cli.main(['plan', {str(example)!r}], standalone_mode=False)\n"
+               "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+               "print('IMPORTED', heavy)\n")
+    env = dict(os.environ, CORRAL_HOME=str(tmp_path / "home"), CORRAL_LOCAL_DEVICES="2")
+    env.pop("CORRAL_DATABASE_URL", None)
+    # The first command on a new home measures the local CPU's matmul peak (with torch), once.
+    setup = subprocess.run([*CORRAL, "pools"], env=env, capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+    assert setup.returncode == 0, setup.stderr
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert "best: local" in done.stdout
+    assert "IMPORTED []" in done.stdout
 
 
 def test_plan_works_on_every_example(corral) -> None:  # type: ignore[no-untyped-def]

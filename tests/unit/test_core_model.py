@@ -16,13 +16,24 @@ TINY_LLAMA = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 
 
 
 def test_the_embedding_follows_the_tokenizer_and_the_seed_fixes_the_weights() -> None:
-    spec = ModelSpec(architecture="llama", config={**TINY_LLAMA, "vocab_size": 32000})
+    spec = ModelSpec(architecture="llama", config=TINY_LLAMA)
     model = build_model(spec, ByteTokenizer(), seed=0)
     assert model.get_input_embeddings().weight.shape == (258, 32)
     assert model.config.eos_token_id == ByteTokenizer().eos_id
     again = build_model(spec, ByteTokenizer(), seed=0)
     assert parameter_count(model) == parameter_count(again) > 0
     assert all((a == b).all() for a, b in zip(model.parameters(), again.parameters(), strict=True))
+
+
+def test_an_explicit_vocab_size_is_kept_and_one_below_the_tokenizer_refused() -> None:
+    """It used to be replaced by the tokenizer's size without a word, so the plan (costed at
+    the given size) and the model differed."""
+    padded = ModelSpec(architecture="llama", config={**TINY_LLAMA, "vocab_size": 320})
+    model = build_model(padded, ByteTokenizer(), seed=0)
+    assert model.get_input_embeddings().weight.shape == (320, 32)
+    small = ModelSpec(architecture="llama", config={**TINY_LLAMA, "vocab_size": 100})
+    with pytest.raises(SpecError, match="raise it to at least 258"):
+        build_model(small, ByteTokenizer(), seed=0)
 
 
 def test_aliases_of_a_config_are_accepted() -> None:

@@ -38,7 +38,15 @@ def test_a_job_that_fits_nowhere_gets_the_smallest_fix() -> None:
     huge = replace(LLAMA_7B, params=70e9, layer_params=8.6e8, layers=80, hidden=8192, heads=64)
     report = plan_job(request(profile=huge, devices=1), [L4])
     assert report.best is None
-    assert "needs" in report.smallest_fix() and "fsdp_full" in report.smallest_fix()
+    fix = report.smallest_fix()
+    # A concrete gang that would fit, found by planning beyond the job's one device; no
+    # smaller micro-batch when it is already 1.
+    assert report.larger_gang is not None and report.larger_gang.fits
+    gang = report.larger_gang.plan
+    assert f"{gang.world_size} devices of l4 ({gang.describe()}" in fix
+    assert gang.world_size > 1 and gang.dp_shard > 1
+    assert report.larger_gang.memory_bytes <= report.larger_gang.memory_limit_bytes
+    assert "micro_batch 1" not in fix
 
 
 def test_default_objective_prefers_earliest_completion_including_wait() -> None:
@@ -178,9 +186,11 @@ def test_70b_on_64_h100s_is_planned_as_fsdp_plus_tensor_parallel() -> None:
     assert fsdp_tp and report.best is not None and report.best.plan.strategy is Strategy.FSDP_TP
     best = report.best
     assert best.plan.tp * best.plan.dp_shard == 64 and best.plan.tp <= 8
-    # Model states are sharded over all 64 ranks: 16 bytes per parameter / 64.
+    # Model states are sharded over all 64 ranks: 16 bytes per parameter / 64 (12 of them
+    # while backward starts, before any gradient exists).
     assert best.memory is not None
-    assert best.memory.terms["model_states"] == pytest.approx(16 * profile.params / 64, rel=0.01)
+    states = best.memory.terms["model_states"]
+    assert 12 * profile.params / 64 * 0.99 <= states <= 16 * profile.params / 64 * 1.01
     # Hybrid sharding (shard within groups, replicate across them) is weighed too.
     hsdp = [c for c in everything if c.plan.strategy is Strategy.HSDP]
     assert {(c.plan.dp_replicate, c.plan.dp_shard) for c in hsdp} >= {(8, 8), (2, 32)}

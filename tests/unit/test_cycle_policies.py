@@ -195,11 +195,11 @@ def test_tensor_parallel_groups_stay_inside_a_node() -> None:
                 "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                 "intermediate_size": 14336, "tie_word_embeddings": False}
     job = make_job(3).devices(8).batch(8).model(llama_8b, seq_len=32768, steps=100)
-    # on one free node of 8 the best plan at 32k tokens is tensor parallel over half the node
-    # or more (with FSDP over the groups)
+    # on one free node of 8 the best plan at 32k tokens is tensor parallel (with FSDP over the
+    # groups) on that node
     whole = make_cluster().pool("h", "H100-SXM", nodes=2, per_node=8, backend="ray")
     (alone,) = run_cycle(whole.snapshot(job), config=PolicyConfig(preemption=False)).admissions
-    assert alone.plan.tp >= 4 and alone.plan.nodes == 1
+    assert alone.plan.tp > 1 and alone.plan.nodes == 1
     # with 4 busy on each node the gang splits 4 + 4: tensor parallel may not cross nodes
     split = (make_cluster().pool("h", "H100-SXM", nodes=2, per_node=8, backend="ray")
              .run(1, "h", 4, node=0).run(2, "h", 4, node=1))

@@ -84,3 +84,23 @@ def test_merging_gives_a_plain_model_with_the_same_outputs() -> None:
         merged = merge_lora(model)
         assert type(merged) is LlamaForCausalLM
         torch.testing.assert_close(merged(input_ids=ids).logits, adapted, rtol=1e-4, atol=1e-5)
+
+
+def test_under_bf16_the_frozen_base_is_kept_in_bf16_and_the_adapters_train_in_fp32() -> None:
+    """The trainer loaded the base in fp32 and autocast added bf16 copies: an 8B LoRA job
+    needed ~60 GiB where the cost model counted 2 bytes per frozen parameter."""
+    from workers.core.lora import freeze_base
+
+    model = apply_lora(_tiny_llama(), LoraSpec(r=2), "causal_lm")
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert freeze_base(model, None) == 0
+    assert freeze_base(model, torch.bfloat16) == frozen
+    for parameter in model.parameters():
+        assert parameter.dtype == (torch.float32 if parameter.requires_grad else torch.bfloat16)
+    ids = torch.randint(0, model.config.vocab_size, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)

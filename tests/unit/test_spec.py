@@ -46,6 +46,12 @@ BAD_SPECS = [
     ("deadline word", {"deadline": "tomorrow"}, ["deadline", "'36h'", "ISO 8601"]),
     ("deadline without zone", {"deadline": "2026-12-01T10:00"}, ["no time zone"]),
     ("zero budget", {"budget_usd": 0}, ["budget_usd", "greater than 0"]),
+    # fp16 used to pass plan and submit, then every rank refused it.
+    ("fp16", {"precision": "fp16"}, ["fp16 needs loss scaling", "use bf16"]),
+    # an explicit vocab_size used to be replaced by the tokenizer's without a word.
+    ("vocab below the tokenizer", {"model__config__vocab_size": 100},
+     ["vocab_size 100", "byte tokenizer's 258 ids", "at least 258"]),
+    ("vocab not a number", {"model__config__vocab_size": "big"}, ["positive integer"]),
 ]
 
 

@@ -57,14 +57,15 @@ def build_model(spec: ModelSpec, tokenizer: TextTokenizer, seed: int) -> PreTrai
     assert spec.architecture is not None  # ModelSpec guarantees one source
     _check_config_fields(spec.architecture, spec.config)
     requested_vocab = spec.config.get("vocab_size")
-    if requested_vocab is not None and requested_vocab != tokenizer.vocab_size:
-        logger.warning(
-            "model.config.vocab_size %s ignored: the tokenizer has %d ids and the embedding "
-            "must match it", requested_vocab, tokenizer.vocab_size,
-        )
+    if requested_vocab is not None and requested_vocab < tokenizer.vocab_size:
+        raise SpecError(
+            f"model.config.vocab_size {requested_vocab} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size} ids: raise it to at least {tokenizer.vocab_size} or "
+            f"remove it")
     fields = {
         **spec.config,
-        "vocab_size": tokenizer.vocab_size,
+        # An explicit size (a padded embedding) is kept; otherwise the tokenizer's ids.
+        "vocab_size": requested_vocab or tokenizer.vocab_size,
         # The KV cache only serves generation; training would build and discard it every step.
         "use_cache": False,
     }

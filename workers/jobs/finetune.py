@@ -43,13 +43,14 @@ from workers.core.labeled_tasks import CausalLMFinetuneTask, ClassificationTask
 from workers.core.lora import (
     ADAPTER_DIR_NAME,
     apply_lora,
+    freeze_base,
     merge_lora,
     save_adapter,
     trainable_fraction,
 )
 from workers.core.model import build_model
 from workers.core.optim import build_lr_schedule, build_optimizer
-from workers.core.parallelize import ParallelDims, check_plan, parallelize
+from workers.core.parallelize import ParallelDims, check_plan, compute_dtype, parallelize
 from workers.core.preemption import StopRequest
 from workers.core.progress import ProgressReporter
 from workers.core.tasks import Task
@@ -142,6 +143,8 @@ def build_trainer(job: JobFile, spec: JobSpec, plan: Plan, ctx: DistContext,
     loaded = _load_model(spec, finetune, text_tokenizer, directory)
     base = (apply_lora(loaded, finetune.lora_settings, finetune.task)
             if finetune.method == "lora" else loaded)
+    # The frozen base in the compute dtype (bf16 on a GPU): what the cost model counts.
+    freeze_base(base, compute_dtype(plan.precision, ctx.device))
     trainable, total = trainable_fraction(base)
     logger.info("%s %s finetune of %s: %.2f M of %.2f M parameters train; %d train / %d "
                 "held-out examples", finetune.method, finetune.task, type(base).__name__,
