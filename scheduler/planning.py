@@ -54,10 +54,10 @@ def plan_request(spec: JobSpec, model: ModelInput,
         seq_len=spec.data.seq_len, global_batch=spec.batch.global_batch,
         total_steps=spec.total_steps(), precision=spec.precision,
         micro_batch=None if micro_batch == "auto" else micro_batch,
-        devices=spec.resources.fixed_devices,
+        devices=spec.planned_devices,
         checkpoint_interval_steps=spec.checkpoint.interval_steps, objective=objective,
         deadline_s=(deadline - now).total_seconds() if deadline else None,
-        budget_usd=spec.budget_usd,
+        budget_usd=spec.budget_usd, pins=spec.pins,
     )
 
 

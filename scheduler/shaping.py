@@ -67,7 +67,7 @@ def job_request(job: PendingJobView, devices: int | None) -> PlanRequest:
         profile=ModelProfile(**fields), seq_len=job.seq_len,
         global_batch=job.global_batch, total_steps=job.total_steps, precision=job.precision,
         micro_batch=job.micro_batch, devices=devices, objective=job_objective(job),
-        deadline_s=job.deadline_s, budget_usd=job.budget_usd)
+        deadline_s=job.deadline_s, budget_usd=job.budget_usd, pins=job.pins)
 
 
 def plan_for(job: PendingJobView, pool: PoolView, world_size: int, calibrated: Calibrated,
@@ -103,8 +103,27 @@ def plan_for(job: PendingJobView, pool: PoolView, world_size: int, calibrated: C
             if report.best is None:
                 raise PlanError(report.smallest_fix() or "no plan fits these devices")
             return report.best.plan, report.best, warning
+    if job.pins is not None:
+        return pinned_plan(job, world_size), None, ""
     return Plan.data_parallel(world_size, job.global_batch, job.micro_batch, job.precision), \
         None, ""
+
+
+def pinned_plan(job: PendingJobView, world_size: int) -> Plan:
+    """The plan a job's ``parallelism:`` section fixes, for a model the cost model cannot
+    weigh: every degree must be pinned then (PlanError otherwise)."""
+    pins = job.pins
+    assert pins is not None
+    if pins.world_size is None or pins.strategy is None:
+        raise PlanError(f"parallelism pins ({pins.describe()}) on a model the cost model does "
+                        f"not know must name strategy, tp, dp_replicate and dp_shard")
+    dp = (pins.dp_replicate or 1) * (pins.dp_shard or 1)
+    per_rank = job.global_batch // dp
+    micro = job.micro_batch or per_rank
+    return Plan(pins.strategy, world_size, pins.dp_replicate or 1, pins.dp_shard or 1,
+                pins.tp or 1, 1, micro, max(1, per_rank // micro),
+                bool(pins.activation_checkpointing), job.precision,
+                ).validate(world_size)
 
 
 @dataclass(frozen=True, slots=True)

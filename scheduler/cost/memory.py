@@ -199,6 +199,7 @@ def gated_activation_bytes_per_layer(
     recompute: Recompute = "none",
     precision: Precision = "bf16_mixed",
     adapters: Adapters | None = None,
+    weights_in_compute_dtype: bool = False,
 ) -> float:
     """Stored activations of one Llama-style block as the trainer runs it, counted tensor by
     tensor from what autograd saves (bytes per token, × s·b·h), checked against the exact trace
@@ -219,14 +220,23 @@ def gated_activation_bytes_per_layer(
     shards) splits what lies between the column- and row-parallel layers by ``tp`` and leaves
     the norms and the layers' inputs whole. Full recomputation keeps only each block's input
     (the residual stream: fp32, or bf16 when a frozen bf16 embedding starts it).
+
+    ``weights_in_compute_dtype``: FSDP gathers every weight in bf16 (its ``param_dtype``), the
+    embedding's too, so the residual stream is bf16: each norm keeps the fp32 copy of its input
+    and its bf16 output (4 + 2), which q/k/v (and gate/up) share, uncast.
     """
     sbh = seq_len * micro_batch * hidden
     mixed = precision != "fp32"
     c = 2 if mixed else 4
     frozen = adapters is not None
+    bf16_stream = mixed and (frozen or weights_in_compute_dtype)
     if recompute == "full":
-        return sbh * (2 if frozen and mixed else 4)
+        return sbh * (2 if bf16_stream else 4)
     kv, f = block.kv_ratio, block.ffn_ratio
+    if mixed and weights_in_compute_dtype and not frozen:
+        whole = 2 * (4.0 + 2.0) + 0.0  # norms; their bf16 outputs are the layers' inputs
+        split = 2 * (2 + 2 * kv) + 3 * 2 * f + 2 * f  # SDPA, the MLP core, down's input
+        return sbh * (whole + split / tp)
     if frozen:
         assert adapters is not None
         reads = list(adapters.reads)
@@ -396,6 +406,8 @@ def estimate_peak(
     framework_overhead_bytes: float = 0.0,
     attention_scores_stored: bool = False,
     grads_held: bool = False,
+    optimizer_foreach: bool = True,
+    dp_replicate: int = 1,
 ) -> MemoryEstimate:
     """Peak memory of one device.
 
@@ -411,15 +423,21 @@ def estimate_peak(
     measured; 0 leaves it out.
     """
     sizes = STATE_BYTES[precision]
-    params = shape.params / tp
+    # Tensor parallelism splits the blocks' matrices; the root (embeddings, final norm, output
+    # head) stays whole on every rank (workers.core.tensor_parallel shards the blocks only).
+    root = max(0.0, shape.params - shape.layers * shape.layer_params)
+    params = (shape.params - root) / tp + root
     trainable = params if shape.trainable_params is None else shape.trainable_params / tp
     states = model_state_bytes(params, sharding, dp_shard, precision, trainable,
                                shape.optimizer)
     grads = sizes.grad * trainable / (dp_shard if sharding in ("zero2", "zero3") else 1)
+    # The trainer wraps the model in FSDP2 when it shards, or runs tensor parallel with
+    # replicas (workers.core.parallelize.ParallelDims.uses_fsdp); FSDP gathers in bf16.
+    fsdp = dp_shard > 1 or (tp > 1 and dp_replicate > 1)
     if shape.block is not None:
         per_layer = gated_activation_bytes_per_layer(
             shape.seq_len, shape.micro_batch, shape.hidden, shape.block, tp, recompute,
-            precision, shape.adapters)
+            precision, shape.adapters, weights_in_compute_dtype=fsdp)
     else:
         per_layer = activation_bytes_per_layer(
             shape.seq_len,
@@ -434,32 +452,52 @@ def estimate_peak(
         )
     backward = {
         "activations": shape.layers * per_layer,
-        "logits": logits_bytes(shape.seq_len, shape.micro_batch, shape.vocab, tp, precision),
+        # The output head is not tensor parallel: every rank holds all the logits.
+        "logits": logits_bytes(shape.seq_len, shape.micro_batch, shape.vocab, 1, precision),
     }
     if recompute == "full" and shape.block is not None:
         # Backward recomputes one block at a time and holds its activations while it runs,
         # once the logits and their gradient are gone: the larger of the two counts.
         layer = gated_activation_bytes_per_layer(
             shape.seq_len, shape.micro_batch, shape.hidden, shape.block, tp, "none",
-            precision, shape.adapters)
+            precision, shape.adapters, weights_in_compute_dtype=fsdp)
         backward["recomputed_layer"] = max(0.0, layer - backward["logits"])
     sharded = sharding in ("zero2", "zero3") and dp_shard > 1
     # FSDP gathers weights in the compute dtype (its param_dtype), or as they are in fp32.
     gathered_bytes = sizes.compute_copy or sizes.weight
+    # FSDP2's root unit (embeddings, final norm, output head) stays gathered from the start of
+    # forward to the end of backward.
     if sharded and sharding == "zero3":
-        # FSDP all-gathers one block's weights (and the next, prefetched) and reduce-scatters
-        # one block's gradients: two unsharded units in the compute dtype plus one gradient.
-        backward["fsdp_gathered_units"] = 3 * shape.layer_params / tp * gathered_bytes
+        # The root, the block backward works on and the next, prefetched.
+        backward["fsdp_gathered_units"] = (root + 2 * shape.layer_params / tp) * gathered_bytes
     elif sharded:
         # Shard-grad-op keeps every unit gathered from its forward until its backward.
         backward["fsdp_gathered_units"] = (params + shape.layer_params / tp) * gathered_bytes
+    elif fsdp:
+        # Tensor parallel with replicas: FSDP over shards of one keeps a gathered copy of every
+        # weight (in bf16 under mixed precision) from forward to backward.
+        backward["fsdp_gathered_units"] = params * gathered_bytes
     elif sizes.compute_copy:
         # Autocast's copy of every trained weight, kept by autograd for backward.
         backward["compute_copies"] = sizes.compute_copy * trainable
     local_trainable = trainable / dp_shard if sharding != "ddp" else trainable
     backward = {"model_states": states - (0.0 if grads_held else grads), **backward}
-    optimizer_step = {"model_states": states, "optimizer_temporaries": optimizer_temporary_bytes(
-        local_trainable, optimizer=shape.optimizer, value_bytes=sizes.weight)}
-    peak = max(backward, optimizer_step, key=lambda terms: sum(terms.values()))
+    if optimizer_foreach or shape.trainable_params is not None:
+        scratch = optimizer_temporary_bytes(local_trainable, optimizer_foreach, shape.optimizer,
+                                            sizes.weight)
+    else:
+        # One tensor at a time: AdamW's scratch for the largest (the embedding or the output
+        # head, V·h, sharded by FSDP but not by tensor parallelism), two of its size (measured
+        # with the sharded trace, bench/cost_memory_sharded.py).
+        largest = shape.vocab * shape.hidden / (dp_shard if sharding != "ddp" else 1)
+        scratch = 2 * largest * sizes.weight if OPTIMIZER_STATES[shape.optimizer] else 0.0
+    optimizer_step = {"model_states": states, "optimizer_temporaries": scratch}
+    phases = [backward, optimizer_step]
+    if sharded:
+        # Backward ends with the root's gradients: unsharded in the compute dtype, cast to fp32
+        # for the reduce-scatter, beside every sharded gradient and the still-gathered root.
+        phases.append({"model_states": states,
+                       "fsdp_root_gradients": root * (gathered_bytes + 4)})
+    peak = max(phases, key=lambda terms: sum(terms.values()))
     terms = {**peak, "framework_overhead": framework_overhead_bytes}
     return MemoryEstimate(sum(terms.values()), terms)

@@ -37,7 +37,7 @@ from scheduler.cost.memory import (
 )
 from scheduler.cost.profile import ModelProfile
 from scheduler.cost.time import HostMode, StepTime, efficiency, elementwise_bytes, step_time
-from scheduler.domain.plan import Plan, Strategy
+from scheduler.domain.plan import Plan, PlanPins, Strategy
 
 MEMORY_HEADROOM = 0.90
 """Plan to at most 90 % of device memory: allocator fragmentation and library workspaces
@@ -66,6 +66,8 @@ class PlanRequest:
     deadline_s: float | None = None
     budget_usd: float | None = None
     checkpoint_interval_steps: int = 100
+    pins: PlanPins | None = None
+    """What the job's ``parallelism:`` section fixes; only plans that keep it are weighed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,8 @@ class PlanReport:
 
     ranked: list[Candidate] = field(default_factory=list)
     rejected: list[Candidate] = field(default_factory=list)
+    pins: PlanPins | None = None
+    """The job's pinned plan choices, named when they rule out everything that would fit."""
     larger_gang: Candidate | None = None
     """When nothing fits for lack of memory: the smallest gang (on one of the pools' accelerator,
     beyond what the job or the pool allows) whose best plan would fit (:func:`plan_job`)."""
@@ -144,7 +148,13 @@ class PlanReport:
 
         A job whose plans fit in memory but miss its deadline or break its budget is told the
         deadline or budget the best plan would need; otherwise the memory it lacks."""
-        if self.ranked or not self.rejected:
+        if self.ranked:
+            return ""
+        if not self.rejected:
+            if self.pins is not None:
+                return (f"no plan keeps the parallelism section's pins ({self.pins.describe()}) "
+                        f"on these pools and devices (the architecture, the device count or "
+                        f"the global batch rule them out): loosen them")
             return ""
         in_memory = [c for c in self.rejected if c.memory_bytes <= c.memory_limit_bytes]
         if in_memory:
@@ -171,6 +181,9 @@ class PlanReport:
         if not closest.plan.activation_checkpointing and activations > 0.1 * closest.memory_bytes:
             options.append("activation checkpointing")
         options.append("a shorter seq_len or an accelerator with more memory")
+        if self.pins is not None:
+            options.append(f"fewer pins in the parallelism section ({self.pins.describe()}): "
+                           f"only plans that keep them were weighed")
         return (f"needs {closest.memory_bytes / gib:.1f} GiB per device at best "
                 f"({closest.pool}, {closest.plan.describe()}); the device has "
                 f"{closest.memory_limit_bytes / gib:.1f} GiB usable. Options: "
@@ -252,8 +265,10 @@ def _layouts(request: PlanRequest, pool: PoolOption, world: int) -> Iterable[Pla
                 continue
             for recompute in (False, True) if request.profile.trains else (False,):
                 nodes = -(-world // pool.devices_per_node)
-                yield Plan(strategy, world, replicate, shard, tp, 1, micro, per_rank // micro,
-                           recompute, precision, nodes)
+                plan = Plan(strategy, world, replicate, shard, tp, 1, micro, per_rank // micro,
+                            recompute, precision, nodes)
+                if request.pins is None or request.pins.admits(plan):
+                    yield plan
 
 
 Calibrated = Mapping[tuple[str, str], float]
@@ -327,7 +342,8 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
     memory = estimate_peak(fixed.shape(request, plan.micro_batch), sharding(plan),
                            plan.dp_shard, plan.tp, precision, recompute,
                            framework_overhead_bytes=fixed.overhead_bytes,
-                           grads_held=plan.grad_accum > 1 or plan.strategy is Strategy.DDP)
+                           grads_held=plan.grad_accum > 1 or plan.strategy is Strategy.DDP,
+                           dp_replicate=plan.dp_replicate)
     memory_bytes = memory.total_bytes + profile.resident_bytes
     limit = fixed.limit_bytes
     tokens_per_device = request.global_batch * request.seq_len / plan.world_size
@@ -386,7 +402,7 @@ def rank_key(objective: str, candidate: Candidate) -> tuple[float, ...]:
 def plan_job(request: PlanRequest, pools: Sequence[PoolOption],
              calibrated: Calibrated | None = None) -> PlanReport:
     """Enumerate → predict → reject → rank (module docstring)."""
-    report = PlanReport()
+    report = PlanReport(pins=request.pins)
     for pool in pools:
         fixed = _Fixed.of(request, pool)
         for world in _gang_sizes(request, pool):

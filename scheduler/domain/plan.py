@@ -31,6 +31,54 @@ class Strategy(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class PlanPins:
+    """What a job's ``parallelism:`` section fixes of its plan; None leaves it to the planner."""
+
+    strategy: Strategy | None = None
+    tp: int | None = None
+    dp_replicate: int | None = None
+    dp_shard: int | None = None
+    activation_checkpointing: bool | None = None
+
+    @property
+    def world_size(self) -> int | None:
+        """The gang size the pinned degrees fix, when all three are pinned."""
+        degrees = (self.tp, self.dp_replicate, self.dp_shard)
+        if any(degree is None for degree in degrees):
+            return None
+        return (self.tp or 1) * (self.dp_replicate or 1) * (self.dp_shard or 1)
+
+    def admits(self, plan: Plan) -> bool:
+        """Whether ``plan`` keeps every pinned choice."""
+        return all(want is None or have == want for want, have in (
+            (self.strategy, plan.strategy), (self.tp, plan.tp),
+            (self.dp_replicate, plan.dp_replicate), (self.dp_shard, plan.dp_shard),
+            (self.activation_checkpointing, plan.activation_checkpointing)))
+
+    def describe(self) -> str:
+        """``strategy=fsdp_tp tp=8`` for messages."""
+        parts = [f"{name}={value.value if isinstance(value, Strategy) else value}"
+                 for name, value in (("strategy", self.strategy), ("tp", self.tp),
+                                     ("dp_replicate", self.dp_replicate),
+                                     ("dp_shard", self.dp_shard),
+                                     ("activation_checkpointing",
+                                      self.activation_checkpointing))
+                 if value is not None]
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["strategy"] = self.strategy.value if self.strategy else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PlanPins:
+        fields = dict(data)
+        fields["strategy"] = Strategy(fields["strategy"]) if fields.get("strategy") else None
+        return cls(**fields)
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """How one job runs on its gang: parallel degrees, batch split and memory savers."""
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from scheduler.domain.capabilities import capabilities_of
+from scheduler.domain.plan import PlanPins
 from scheduler.domain.spec import JobSpec
 
 
@@ -81,6 +82,8 @@ class PendingJobView:
     """Device-seconds its earlier attempts ran (least-attained-service order)."""
     last_run_s: float = 0.0
     """Seconds its last attempt ran (0 if none)."""
+    pins: PlanPins | None = None
+    """What its ``parallelism:`` section fixes of the plan."""
 
     @classmethod
     def from_spec(cls, job_id: int, spec: JobSpec, priority: int | None = None,
@@ -94,13 +97,13 @@ class PendingJobView:
             priority=spec.resources.priority if priority is None else priority,
             submitted_seq=job_id, pool=spec.resources.pool,
             accelerator=spec.resources.accelerator,
-            devices=spec.resources.fixed_devices,
+            devices=spec.planned_devices,
             global_batch=spec.batch.global_batch,
             micro_batch=None if micro_batch == "auto" else micro_batch,
             precision=spec.precision, kind=spec.kind.value, seq_len=spec.data.seq_len,
             total_steps=spec.total_steps(), model_profile=model_profile,
             deadline_s=deadline_s, budget_usd=spec.budget_usd,
-            device_range=spec.resources.device_range, **history,
+            device_range=spec.resources.device_range, pins=spec.pins, **history,
         )
 
 

@@ -27,6 +27,7 @@ from scheduler.domain.environment import check_job_env_name
 from scheduler.domain.errors import SpecError
 from scheduler.domain.finetune_spec import FinetuneSpec
 from scheduler.domain.locations import is_job_ref, is_package_ref
+from scheduler.domain.plan import PlanPins, Strategy
 from scheduler.domain.roots import check_spec_files
 from scheduler.domain.spec_limits import (
     MAX_DEADLINE_CHARS,
@@ -238,6 +239,63 @@ class ResourceSpec(_Strict):
             if isinstance(self.devices, DeviceRange) else None
 
 
+PINNABLE_STRATEGIES = ("single", "ddp", "fsdp_full", "fsdp_grad_op", "tp", "hsdp", "fsdp_tp")
+
+
+class ParallelismSpec(_Strict):
+    """Plan choices the user fixes; everything left out the planner chooses. The trainer runs
+    the stored plan exactly, so a pinned plan that cannot fit is refused with the numbers."""
+
+    strategy: Literal["single", "ddp", "fsdp_full", "fsdp_grad_op", "tp", "hsdp",
+                      "fsdp_tp"] | None = None
+    tp: int | None = Field(default=None, ge=1, le=64,
+                           description="tensor-parallel degree (inside one node)")
+    dp_replicate: int | None = Field(default=None, ge=1, le=65536,
+                                     description="data-parallel copies of the model")
+    dp_shard: int | None = Field(default=None, ge=1, le=65536,
+                                 description="ranks FSDP shards the model states over")
+    activation_checkpointing: Literal["none", "selective", "full"] | None = Field(
+        default=None, description="none: keep activations; full: recompute each block in "
+                                  "backward, keeping its input")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParallelismSpec:
+        if self.activation_checkpointing == "selective":
+            raise ValueError(
+                "parallelism.activation_checkpointing: selective recomputation (Korthikanti et "
+                "al. 2022) drops only the attention scores, which the trainer's attention "
+                "kernel (SDPA) never stores: it is what none already gives; use none or full")
+        strategy = self.strategy
+        conflicts = {
+            "single": [("tp", 1), ("dp_replicate", 1), ("dp_shard", 1)],
+            "ddp": [("tp", 1), ("dp_shard", 1)],
+            "fsdp_full": [("tp", 1)], "fsdp_grad_op": [("tp", 1)], "hsdp": [("tp", 1)],
+            "tp": [("dp_shard", 1)],
+        }.get(strategy or "", [])
+        for name, required in conflicts:
+            value = getattr(self, name)
+            if value is not None and value != required:
+                raise ValueError(f"parallelism: strategy {strategy} needs {name} {required}, "
+                                 f"got {value}; drop {name} or pick another strategy")
+        needs_more = {"fsdp_tp": [("tp", "tensor parallel"), ("dp_shard", "FSDP")],
+                      "hsdp": [("dp_replicate", "replicas"), ("dp_shard", "FSDP")],
+                      "tp": [("tp", "tensor parallel")],
+                      "fsdp_full": [("dp_shard", "FSDP")],
+                      "fsdp_grad_op": [("dp_shard", "FSDP")]}.get(strategy or "", [])
+        for name, what in needs_more:
+            if getattr(self, name) == 1:
+                raise ValueError(f"parallelism: strategy {strategy} needs {name} > 1 "
+                                 f"({what}), got 1")
+        return self
+
+    def pins(self) -> PlanPins:
+        return PlanPins(
+            strategy=Strategy(self.strategy) if self.strategy else None, tp=self.tp,
+            dp_replicate=self.dp_replicate, dp_shard=self.dp_shard,
+            activation_checkpointing=None if self.activation_checkpointing is None
+            else self.activation_checkpointing == "full")
+
+
 SECRET_MASK = "<secret>"
 """What the API, ``corral show`` and events print instead of a secret env value."""
 
@@ -266,6 +324,7 @@ class JobSpec(_Strict):
     batch: BatchSpec = BatchSpec()
     optimizer: OptimizerSpec = OptimizerSpec()
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    parallelism: ParallelismSpec | None = None
     checkpoint: CheckpointSpec = CheckpointSpec()
     resources: ResourceSpec = ResourceSpec()
     seed: int = 0
@@ -326,6 +385,36 @@ class JobSpec(_Strict):
                 and "tokenizer" not in data):
             return {**data, "tokenizer": {"kind": "model"}}
         return data
+
+    @model_validator(mode="after")
+    def _pins_match_the_gang(self) -> JobSpec:
+        if self.parallelism is None:
+            return self
+        pins = self.parallelism.pins()
+        world, fixed = pins.world_size, self.resources.fixed_devices
+        if world is not None and fixed is not None and world != fixed:
+            raise ValueError(
+                f"parallelism: tp × dp_replicate × dp_shard = {world} but resources.devices is "
+                f"{fixed}; make them agree or leave one of them out")
+        dp = (pins.dp_replicate or 1) * (pins.dp_shard or 1)
+        if self.batch.global_batch % dp:
+            raise ValueError(
+                f"parallelism: {dp} data-parallel ranks do not split batch.global_batch "
+                f"{self.batch.global_batch} evenly; use a multiple of {dp}")
+        return self
+
+    @property
+    def pins(self) -> PlanPins | None:
+        """The plan choices the ``parallelism:`` section fixes (None: the planner's all)."""
+        return self.parallelism.pins() if self.parallelism is not None else None
+
+    @property
+    def planned_devices(self) -> int | None:
+        """The gang size: ``resources.devices`` when a count, else what the pins fix."""
+        fixed = self.resources.fixed_devices
+        if fixed is not None or self.parallelism is None:
+            return fixed
+        return self.parallelism.pins().world_size if self.resources.devices == "auto" else None
 
     @model_validator(mode="after")
     def _precision_the_trainer_runs(self) -> JobSpec:

@@ -29,7 +29,8 @@ LLAMA_1B = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 2048,
             "intermediate_size": 5632, "tie_word_embeddings": False}
 
 H100_JOB = dict(resources__pool="h100", resources__devices=8, batch__global_batch=32,
-                data__seq_len=2048, precision="bf16", work__steps=1000)
+                data__seq_len=2048, precision="bf16", work__steps=1000,
+                parallelism={"strategy": "ddp"})  # the strategy the calibration rows name
 
 
 LLAMA_SMALL = dict(LLAMA_1B, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,

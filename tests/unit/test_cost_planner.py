@@ -210,3 +210,25 @@ def test_hsdp_keeps_one_shard_group_of_states_and_all_reduces_across_groups() ->
         2 * full.memory.terms["model_states"])
     assert hybrid.timing is not None and full.timing is not None
     assert hybrid.timing.parts_s["data_parallel_comm_exposed"] > 0
+
+
+def test_pinned_choices_are_kept_and_a_pinned_plan_that_cannot_fit_is_refused() -> None:
+    from scheduler.cost.profile import model_profile
+    from scheduler.domain.plan import PlanPins
+
+    pins = PlanPins(strategy=Strategy.FSDP_TP, tp=4, activation_checkpointing=True)
+    report = plan_job(request(devices=16, pins=pins), [H100])
+    assert report.ranked and all(pins.admits(c.plan) for c in report.ranked + report.rejected)
+    assert {c.plan.dp_shard for c in report.ranked} == {4}
+    # 70B as plain tensor parallel over one node keeps whole model states per replica.
+    profile = model_profile(LLAMA_70B_CONFIG, seq_len=4096)
+    tp_only = plan_job(request(profile=profile, devices=8,
+                               pins=PlanPins(strategy=Strategy.TP, tp=8)), [H100])
+    assert tp_only.best is None and tp_only.rejected
+    fix = tp_only.smallest_fix()
+    assert "needs" in fix and "GiB per device" in fix and "strategy=tp tp=8" in fix
+    # A pin the architecture rules out leaves nothing to weigh, and says so.
+    gpt2 = replace(LLAMA_7B, tensor_parallel=False)
+    nothing = plan_job(request(profile=gpt2, devices=8, pins=PlanPins(tp=2)), [H100])
+    assert not nothing.ranked and not nothing.rejected
+    assert "no plan keeps the parallelism section's pins (tp=2)" in nothing.smallest_fix()

@@ -194,8 +194,8 @@ def test_tensor_parallel_groups_stay_inside_a_node() -> None:
     llama_8b = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
                 "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                 "intermediate_size": 14336, "tie_word_embeddings": False}
-    job = make_job(3).devices(8).batch(8).model(llama_8b, seq_len=32768, steps=100)
-    # on one free node of 8 the best plan at 32k tokens is tensor parallel (with FSDP over the
+    job = make_job(3).devices(8).batch(8).model(llama_8b, seq_len=8192, steps=100)
+    # on one free node of 8 the best plan at 8k tokens is tensor parallel (with FSDP over the
     # groups) on that node
     whole = make_cluster().pool("h", "H100-SXM", nodes=2, per_node=8, backend="ray")
     (alone,) = run_cycle(whole.snapshot(job), config=PolicyConfig(preemption=False)).admissions

@@ -52,6 +52,19 @@ BAD_SPECS = [
     ("vocab below the tokenizer", {"model__config__vocab_size": 100},
      ["vocab_size 100", "byte tokenizer's 258 ids", "at least 258"]),
     ("vocab not a number", {"model__config__vocab_size": "big"}, ["positive integer"]),
+    ("selective recomputation", {"parallelism": {"activation_checkpointing": "selective"}},
+     ["SDPA", "use none or full"]),
+    ("pinned strategy against its degree", {"parallelism": {"strategy": "ddp", "tp": 2}},
+     ["strategy ddp needs tp 1, got 2"]),
+    ("fsdp_tp without tensor parallel", {"parallelism": {"strategy": "fsdp_tp", "tp": 1}},
+     ["fsdp_tp needs tp > 1"]),
+    ("pinned world against devices",
+     {"parallelism": {"tp": 2, "dp_replicate": 1, "dp_shard": 2}, "resources__devices": 2},
+     ["tp × dp_replicate × dp_shard = 4", "resources.devices is 2"]),
+    ("pinned data parallel against the batch", {"parallelism": {"dp_replicate": 3}},
+     ["3 data-parallel ranks", "global_batch 4"]),
+    ("an option the trainer lacks", {"parallelism": {"cpu_offload": True}},
+     ["parallelism.cpu_offload", "unknown field"]),
 ]
 
 
@@ -335,3 +348,14 @@ def test_a_deadline_is_a_duration_after_submission_or_a_moment(text: str,
     spec = parse_spec(spec_dict(deadline=text))
     assert spec.deadline_at(datetime(2026, 1, 1, tzinfo=UTC)) == expected
     assert parse_spec(spec_dict()).deadline_at(datetime(2026, 1, 1, tzinfo=UTC)) is None
+
+
+def test_pins_fix_the_gang_when_every_degree_is_pinned() -> None:
+    from scheduler.domain.plan import Strategy
+
+    spec = parse_spec(spec_dict(parallelism={"strategy": "fsdp_tp", "tp": 2, "dp_replicate": 1,
+                                             "dp_shard": 2, "activation_checkpointing": "full"}))
+    assert spec.planned_devices == 4 and spec.pins is not None
+    assert spec.pins.strategy is Strategy.FSDP_TP and spec.pins.activation_checkpointing is True
+    assert parse_spec(spec_dict(parallelism={"tp": 2})).planned_devices is None
+    assert parse_spec(spec_dict()).pins is None

@@ -26,9 +26,22 @@ def build_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimi
         {"params": decay, "weight_decay": spec.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    # Tensor parallel without FSDP leaves the embeddings and norms plain tensors beside the
+    # blocks' DTensors, and a foreach kernel refuses such a mix ("got mixed torch.Tensor and
+    # DTensor"): step them one tensor at a time there. None keeps torch's own choice (foreach
+    # on GPUs).
+    foreach = False if mixes_dtensors(decay + no_decay) else None
     if spec.name == "adamw":
-        return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas)
-    return torch.optim.SGD(groups, lr=spec.lr)
+        return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, foreach=foreach)
+    return torch.optim.SGD(groups, lr=spec.lr, foreach=foreach)
+
+
+def mixes_dtensors(parameters: list[torch.Tensor]) -> bool:
+    """Whether ``parameters`` hold both DTensors and plain tensors."""
+    from torch.distributed.tensor import DTensor
+
+    kinds = {isinstance(parameter, DTensor) for parameter in parameters}
+    return len(kinds) > 1
 
 
 def lr_multiplier(step_index: int, spec: OptimizerSpec, total_steps: int) -> float:

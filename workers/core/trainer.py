@@ -191,6 +191,8 @@ class Trainer:
         fields = {"peak_rss_bytes": peak_rss_bytes()}
         if self.ctx.device.type == "cuda":
             fields["device_peak_bytes"] = int(torch.cuda.max_memory_allocated(self.ctx.device))
+            fields["device_reserved_bytes"] = int(
+                torch.cuda.max_memory_reserved(self.ctx.device))
         return fields
 
     def run(self, start_step: int = 0) -> TrainResult:
