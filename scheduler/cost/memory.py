@@ -495,9 +495,10 @@ def estimate_peak(
     phases = [backward, optimizer_step]
     if sharded:
         # Backward ends with the root's gradients: unsharded in the compute dtype, cast to fp32
-        # for the reduce-scatter, beside every sharded gradient and the still-gathered root.
+        # for the reduce-scatter (in bf16), beside every sharded gradient.
+        cast = 4 if gathered_bytes != 4 else 0  # the fp32 copy reduce_dtype makes
         phases.append({"model_states": states,
-                       "fsdp_root_gradients": root * (gathered_bytes + 4)})
+                       "fsdp_root_gradients": root * (gathered_bytes + cast)})
     peak = max(phases, key=lambda terms: sum(terms.values()))
     terms = {**peak, "framework_overhead": framework_overhead_bytes}
     return MemoryEstimate(sum(terms.values()), terms)
