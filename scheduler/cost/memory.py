@@ -13,7 +13,8 @@ without momentum none (``workers.core.optim.build_optimizer``). Per trained para
                 (2 bytes): autocast casts each fp32 weight once per forward and autograd keeps
                 the copy for backward; under FSDP the copy is the unit FSDP gathers in bf16
                 (its ``MixedPrecisionPolicy(param_dtype=bfloat16)``) instead
-    bf16 pure   2 weights + 2 grads + 2·k optimizer      (no fp32 master)
+
+(Pure bf16 without fp32 master weights is not something the trainer runs, so it is not costed.)
 
 A frozen parameter (LoRA's base) keeps its weight only, in the compute dtype: the trainer casts
 the frozen base to bf16 under bf16 (``workers.core.lora.freeze_base``), 2 bytes, and autocast
@@ -72,7 +73,7 @@ from typing import Literal
 from scheduler.cost.flops import LinearInput, TransformerShape
 
 Sharding = Literal["ddp", "zero1", "zero2", "zero3"]
-Precision = Literal["fp32", "bf16_mixed", "bf16_pure"]
+Precision = Literal["fp32", "bf16_mixed"]
 Recompute = Literal["none", "selective", "full"]
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,6 @@ class StateBytes:
 STATE_BYTES: dict[Precision, StateBytes] = {
     "fp32": StateBytes(weight=4, grad=4, state=4, frozen=4, compute_copy=0),
     "bf16_mixed": StateBytes(weight=4, grad=4, state=4, frozen=2, compute_copy=2),
-    "bf16_pure": StateBytes(weight=2, grad=2, state=2, frozen=2, compute_copy=0),
 }
 
 OPTIMIZER_STATES: dict[str, int] = {"adamw": 2, "sgd": 0}
@@ -101,7 +101,7 @@ OPTIMIZER_STATES: dict[str, int] = {"adamw": 2, "sgd": 0}
 (``torch.optim.AdamW``); SGD without momentum keeps none (``torch.optim.SGD``,
 ``momentum=0``, as ``workers.core.optim.build_optimizer`` builds it)."""
 
-ACTIVATION_BYTES: dict[Precision, int] = {"bf16_mixed": 2, "bf16_pure": 2, "fp32": 4}
+ACTIVATION_BYTES: dict[Precision, int] = {"bf16_mixed": 2, "fp32": 4}
 """Bytes per stored activation value; Korthikanti's constants assume 2."""
 
 

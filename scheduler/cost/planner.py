@@ -343,7 +343,10 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
                            plan.dp_shard, plan.tp, precision, recompute,
                            framework_overhead_bytes=fixed.overhead_bytes,
                            grads_held=plan.grad_accum > 1 or plan.strategy is Strategy.DDP,
-                           dp_replicate=plan.dp_replicate)
+                           dp_replicate=plan.dp_replicate,
+                           # torch steps AdamW with foreach kernels on GPUs, one tensor at a
+                           # time on a CPU (torch.optim's _default_to_fused_or_foreach)
+                           optimizer_foreach=acc.family != "cpu")
     memory_bytes = memory.total_bytes + profile.resident_bytes
     limit = fixed.limit_bytes
     tokens_per_device = request.global_batch * request.seq_len / plan.world_size
@@ -355,9 +358,9 @@ def evaluate(request: PlanRequest, pool: PoolOption, plan: Plan,
             - profile.masked_attention_flops_per_token * 4 / 3  # skipped again when recomputed
     flops = (per_token + profile.extra_flops_per_token) * tokens_per_device
     bytes_per_value = 2 if precision != "fp32" else 4
-    # Gradients are reduced as the master weights hold them: fp32 under mixed precision (DDP's
-    # fp32 gradients; FSDP's reduce_dtype=float32), bf16 only without master weights.
-    grad_bytes = 2 if precision == "bf16_pure" else 4
+    # Gradients are reduced as the master weights hold them: fp32 (DDP's fp32 gradients;
+    # FSDP's reduce_dtype=float32).
+    grad_bytes = 4
     synced, tp = fixed.synced, plan.tp
     eta = (calibrated or {}).get((fixed.label, strategy)) or efficiency(acc.family, strategy)
     timing = step_time(
