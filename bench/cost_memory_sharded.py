@@ -84,9 +84,15 @@ def _trace(config: dict[str, Any], layers: int, plan: Plan,
     dist.init_process_group("fake", rank=0, world_size=plan.world_size, store=FakeStore())
     ctx = DistContext(0, plan.world_size, 0, plan.world_size, torch.device("cpu"), "gloo")
     dims = parallelize_module.check_plan(plan, plan.world_size)
+    # The trainer builds its models with use_cache=False, and on real tensors its attention is
+    # causal SDPA over the KV heads. On fake tensors transformers cannot check that there is no
+    # padding, so without a cache it builds an explicit mask, keeps a copy per block and repeats
+    # the KV heads (8 bytes per token per hidden unit more at 8B shapes, which no real step
+    # stores); with the default cache the trace takes the real step's path (the single-device
+    # trace, built the same way, equals real steps' tensor peaks to the byte:
+    # bench/cost_memory_measured.py).
     model_config = AutoConfig.for_model(
-        "llama", **{**config, "num_hidden_layers": layers, "use_cache": False,
-                    "max_position_embeddings": seq_len})
+        "llama", **{**config, "num_hidden_layers": layers, "max_position_embeddings": seq_len})
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
     mode = FakeTensorMode(allow_non_fake_inputs=True)

@@ -171,7 +171,12 @@ def _trace(
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    # num_hidden_layers is also GPT-2's alias of n_layer, and wins over it.
+    # num_hidden_layers is also GPT-2's alias of n_layer, and wins over it. The model keeps
+    # transformers' default use_cache=True although the trainer turns the cache off: on fake
+    # tensors transformers cannot check for padding and, without a cache, builds an explicit
+    # causal mask and repeats the KV heads, which a real step does not; with the cache the trace
+    # takes the real step's path (equal to real steps' tensor peaks to the byte:
+    # bench/cost_memory_measured.py).
     fields = dict(config, num_hidden_layers=layers)
     if "n_positions" not in config:  # GPT-2's name for it; an alias would override it
         fields.setdefault("max_position_embeddings", seq_len)
