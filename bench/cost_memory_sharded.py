@@ -26,24 +26,15 @@ import sys
 import warnings
 from typing import Any
 
+from cost_memory import LLAMA3_SHAPES  # bench/, beside this file
+
 from scheduler.cost.flops import TransformerShape
 from scheduler.cost.memory import StepShape, estimate_peak
 from scheduler.cost.planner import sharding
 from scheduler.domain.plan import Plan, Strategy
 
-
-def _llama3(hidden: int, ffn: float, heads: int, kv_heads: int, layers: int,
-            vocab: int) -> dict[str, Any]:
-    return {"vocab_size": vocab, "hidden_size": hidden, "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads, "intermediate_size": int(ffn * hidden),
-            "tie_word_embeddings": False, "num_hidden_layers": layers}
-
-
-SHAPES: list[tuple[str, dict[str, Any]]] = [
-    # Llama 3 8B and 70B layer shapes (Meta's model cards), as in bench/cost_memory.py.
-    ("8B", _llama3(4096, 3.5, 32, 8, 32, 128256)),
-    ("70B", _llama3(8192, 3.5, 64, 8, 80, 128256)),
-]
+SHAPES = [(name, config) for name, config in LLAMA3_SHAPES if name in ("8B", "70B")]
+"""Llama 3 8B and 70B layer shapes, as in bench/cost_memory.py."""
 LAYOUTS: list[tuple[str, int, int, int]] = [
     # strategy, dp_replicate, dp_shard, tp — gangs of 8 and 16
     ("fsdp_full", 1, 8, 1),

@@ -90,11 +90,12 @@ def plan_for(job: PendingJobView, pool: PoolView, world_size: int, calibrated: C
                 per_node = Counter(node for node, _ in placement).values()
                 option = replace(option, devices_per_node=math.gcd(*per_node))
             request = job_request(job, world_size)
-            report = plan_job(request, [option], calibrated)
+            # Every tick plans every pending shape: no search beyond these devices for a fix.
+            report = plan_job(request, [option], calibrated, suggest_larger_gang=False)
             warning = ""
             if report.best is None and request.deadline_s is not None:
                 late = plan_job(replace(request, deadline_s=None, objective="completion"),
-                                [option], calibrated)
+                                [option], calibrated, suggest_larger_gang=False)
                 if late.best is not None:
                     report = late
                     warning = (f"the deadline can no longer be met: the fastest plan here "

@@ -157,6 +157,8 @@ def plan(job_files: tuple[Path, ...], limit: int, show_rejected: int, as_json: b
         spec = load_spec_file(job_file)
         report = corral.plan(spec, earlier)
         earlier[spec.name] = spec
+        if report["best"] is None:
+            unfit.append(f"{spec.name} fits no pool: {report['smallest_fix']}")
         if as_json:
             best = report["best"]
             documents.append({
@@ -167,14 +169,10 @@ def plan(job_files: tuple[Path, ...], limit: int, show_rejected: int, as_json: b
         if len(job_files) > 1:
             console.print(f"[bold]{escape(str(job_file))}[/] ({spec.name}, {spec.kind.value})")
         console.print(plan_table(report, limit, show_rejected))
-        if report["best"] is None:
-            unfit.append(f"{spec.name} fits no pool: {report['smallest_fix']}")
-            continue
-        console.print(best_plan_line(report["best"]), highlight=False, markup=False)
+        if report["best"] is not None:
+            console.print(best_plan_line(report["best"]), highlight=False, markup=False)
     if as_json:
         click.echo(json.dumps(documents, indent=2))
-        unfit = [f"{d['job']} fits no pool: {d['smallest_fix']}" for d in documents
-                 if d["best"] is None]
     if unfit:
         raise CorralError("; ".join(unfit))
 

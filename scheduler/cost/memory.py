@@ -252,12 +252,10 @@ def gated_activation_bytes_per_layer(
         for read in reads:
             if read == "attention_out" and not frozen:
                 continue  # SDPA's saved output, already counted
-            target = split if read in ("attention_out", "mlp_out") else whole
-            target_bytes = 2 * width[read]
-            if target is split:
-                split += target_bytes
+            if read in ("attention_out", "mlp_out"):  # between the tensor-parallel layers
+                split += 2 * width[read]
             else:
-                whole += target_bytes
+                whole += 2 * width[read]
     if frozen and adapters is not None and adapters.dropout:
         # adapter dropout keeps a dropped copy of each adapted input and its 1-byte mask
         whole += sum(1.5 * c * width[read] for read in adapters.reads)
@@ -411,7 +409,8 @@ def estimate_peak(
 ) -> MemoryEstimate:
     """Peak memory of one device.
 
-    The step has two peaks and we take the larger: during forward/backward the model states
+    The step has two peaks (three under FSDP, whose backward ends with the root's gradients)
+    and we take the larger: during forward/backward the model states
     plus activations, logits, the compute-dtype copies of the trained weights (autocast's, or
     the units FSDP gathers); during the optimizer step the model states plus the optimizer's
     temporaries. The trainer frees gradients after each step (``zero_grad(set_to_none=True)``),

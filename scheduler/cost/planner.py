@@ -403,8 +403,14 @@ def rank_key(objective: str, candidate: Candidate) -> tuple[float, ...]:
 
 
 def plan_job(request: PlanRequest, pools: Sequence[PoolOption],
-             calibrated: Calibrated | None = None) -> PlanReport:
-    """Enumerate → predict → reject → rank (module docstring)."""
+             calibrated: Calibrated | None = None,
+             suggest_larger_gang: bool = True) -> PlanReport:
+    """Enumerate → predict → reject → rank (module docstring).
+
+    When nothing fits for lack of memory, ``suggest_larger_gang`` also searches gangs beyond
+    the job's and the pools' limits for :attr:`PlanReport.larger_gang` (several times the
+    planning's own work: the scheduling cycle, which plans every pending shape every tick,
+    leaves it out)."""
     report = PlanReport(pins=request.pins)
     for pool in pools:
         fixed = _Fixed.of(request, pool)
@@ -414,7 +420,7 @@ def plan_job(request: PlanRequest, pools: Sequence[PoolOption],
                                           evaluate(request, pool, plan, calibrated, fixed))
                 (report.ranked if candidate.fits else report.rejected).append(candidate)
     report.ranked.sort(key=lambda c: rank_key(request.objective, c))
-    if not report.ranked and report.rejected and all(
+    if suggest_larger_gang and not report.ranked and report.rejected and all(
             c.memory_bytes > c.memory_limit_bytes for c in report.rejected):
         report.larger_gang = _smallest_fitting_gang(request, pools, calibrated)
     return report
@@ -431,14 +437,15 @@ def _smallest_fitting_gang(request: PlanRequest, pools: Sequence[PoolOption],
     concrete fix for a job that fits nowhere."""
     unbounded = replace(request, devices=None, deadline_s=None, budget_usd=None,
                         objective="completion")
+    # What a pool's plans share does not depend on the gang size: worked out once per pool.
+    fixed = [_Fixed.of(unbounded, pool) for pool in pools]
     size = 2
     while size <= LARGEST_GANG_SEARCHED:
         found = []
-        for pool in pools:
+        for pool, shared in zip(pools, fixed, strict=True):
             wide = replace(pool, max_gang=size)
-            fixed = _Fixed.of(unbounded, wide)
             for plan in _layouts(unbounded, wide, size):
-                candidate = evaluate(unbounded, wide, plan, calibrated, fixed)
+                candidate = evaluate(unbounded, wide, plan, calibrated, shared)
                 if candidate.fits:
                     found.append(candidate)
         if found:

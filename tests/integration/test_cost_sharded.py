@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = """
 import importlib.util, json, sys, warnings
 warnings.filterwarnings("ignore")
+sys.path.insert(0, "bench")  # as when the bench runs as a script: its siblings importable
 spec = importlib.util.spec_from_file_location("sharded", "bench/cost_memory_sharded.py")
 sharded = importlib.util.module_from_spec(spec); spec.loader.exec_module(sharded)
 from scheduler.domain.plan import Plan, Strategy
